@@ -1,0 +1,88 @@
+"""Sequence backbones of RPG: map (b, L, d_model) embeddings to (b, L, d_model) prototypes.
+
+>>> import torch
+>>> net = build_backbone("mamba", d_model=64, num_layers=2, d_state=16)
+>>> net(torch.randn(1, 100, 64)).shape
+torch.Size([1, 100, 64])
+
+Kinds (``BACKBONES``): ``mamba`` (the paper's default: Mamba2, chunked SSD scan,
+``mamba_ssm``-compatible parameters), ``lstm``, ``transformer``, ``gmlp``. Each is a stack of
+pre-norm residual blocks ``x + mixer(norm(x))`` with a final norm; every kind also takes
+``norm`` ("rmsnorm" | "layernorm") and ``norm_eps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from models.backbones.blocks import BackboneStack, CommonOptions, ResidualBlock
+from models.backbones.gmlp import GMLPOptions, build_gmlp
+from models.backbones.lstm import LSTMOptions, build_lstm
+from models.backbones.mamba2 import (
+    HAS_FUSED_KERNEL,
+    Mamba2,
+    MambaOptions,
+    RMSNormGated,
+    build_mamba,
+)
+from models.backbones.ssd import ssd_chunked, ssd_recurrent
+from models.backbones.transformer import TransformerOptions, build_transformer
+
+__all__ = [
+    "BACKBONES",
+    "HAS_FUSED_KERNEL",
+    "BackboneKind",
+    "BackboneStack",
+    "Mamba2",
+    "RMSNormGated",
+    "ResidualBlock",
+    "backbone_options",
+    "build_backbone",
+    "ssd_chunked",
+    "ssd_recurrent",
+]
+
+BackboneKind = Literal["mamba", "lstm", "transformer", "gmlp"]
+
+_REGISTRY: dict[str, tuple[type[CommonOptions], Callable[[int, int, Any], BackboneStack]]] = {
+    "mamba": (MambaOptions, build_mamba),
+    "lstm": (LSTMOptions, build_lstm),
+    "transformer": (TransformerOptions, build_transformer),
+    "gmlp": (GMLPOptions, build_gmlp),
+}
+BACKBONES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown backbone kind {kind!r}; valid kinds: {', '.join(BACKBONES)}")
+
+
+def backbone_options(kind: str) -> dict[str, Any]:
+    """The options ``kind`` accepts, with their defaults (all JSON-serializable)."""
+    _check_kind(kind)
+    return dict(vars(_REGISTRY[kind][0]()))
+
+
+def build_backbone(
+    kind: BackboneKind | str, *, d_model: int, num_layers: int = 2, **options: Any
+) -> BackboneStack:
+    """Build a backbone: ``forward(x (b, L, d_model)) -> (b, L, d_model)`` for any L >= 1.
+
+    ``options`` are kind-specific (see :func:`backbone_options`); an unknown kind or option
+    raises ``ValueError`` naming the valid ones.
+    """
+    _check_kind(kind)
+    for name, value in (("d_model", d_model), ("num_layers", num_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    options_cls, builder = _REGISTRY[kind]
+    valid = options_cls.names()
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for backbone {kind!r}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    return builder(d_model, num_layers, options_cls(**options))

@@ -1,0 +1,40 @@
+"""LSTM backbone: pre-norm residual blocks around single-layer, unidirectional ``nn.LSTM``s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from models.backbones.blocks import BackboneStack, CommonOptions, ResidualBlock, make_norm
+
+__all__ = ["LSTMMixer", "LSTMOptions", "build_lstm"]
+
+
+class LSTMMixer(nn.Module):
+    """One unidirectional LSTM layer (hidden size d_model): (b, L, d) -> (b, L, d), causal."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(d_model, d_model, num_layers=1, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the LSTM from a zero state; return the hidden state at every step."""
+        out, _ = self.lstm(x)
+        return out
+
+
+@dataclass
+class LSTMOptions(CommonOptions):
+    """Options of the ``lstm`` backbone (only the shared norm options)."""
+
+
+def build_lstm(d_model: int, num_layers: int, options: LSTMOptions) -> BackboneStack:
+    """A stack of ``num_layers`` pre-norm residual LSTM blocks and a final norm."""
+    layers = [
+        ResidualBlock(LSTMMixer(d_model), make_norm(options.norm, d_model, options.norm_eps))
+        for _ in range(num_layers)
+    ]
+    return BackboneStack(
+        "lstm", d_model, layers, make_norm(options.norm, d_model, options.norm_eps)
+    )

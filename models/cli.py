@@ -1,0 +1,175 @@
+"""`rpg train` and `rpg sample`: the generator's command line (registered by the top-level CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from models.config import PRESETS
+
+
+def register(subparsers: Any) -> None:
+    """Add the `train` and `sample` subcommands."""
+    train = subparsers.add_parser(
+        "train",
+        help="train an RPG generator on a zoo of checkpoints",
+        description=(
+            "Train an RPG generator on ZOO (a directory of .safetensors state dicts of one "
+            "architecture, optionally with zoo.json) and write a bundle (config.json + "
+            "model.safetensors) to --out. Runs under torchrun for multi-GPU (DDP) unchanged."
+        ),
+    )
+    train.add_argument("zoo", type=Path, help="zoo directory")
+    train.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    train.add_argument(
+        "--preset", choices=sorted(PRESETS), help="size preset (default: by parameter count)"
+    )
+    train.add_argument(
+        "--backbone", choices=["mamba", "lstm", "transformer", "gmlp"], default="mamba"
+    )
+    train.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    train.add_argument("--token-size", type=int, help="values per token (default: the preset's)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the training state in --out"
+    )
+    train.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    train.add_argument("--batch-size", type=int, help="checkpoints per step")
+    train.add_argument("--diffusion-batch", type=int, help="tokens the denoiser trains on per step")
+    train.add_argument(
+        "--save-every",
+        type=int,
+        default=500,
+        help="save the bundle every N steps (0: only at the end)",
+    )
+    train.add_argument(
+        "--permutation-states",
+        choices=["run", "checkpoint"],
+        default="run",
+        help="one permutation state per training run (default) or per checkpoint",
+    )
+    train.add_argument(
+        "--condition-mode",
+        choices=["all", "gate"],
+        default="all",
+        help="conditional zoos: add the task embedding to all tokens, or through a learned per-token gate",
+    )
+    train.add_argument("--granularity", choices=["tensor", "channel"], default="tensor")
+    train.add_argument("--num-layers", type=int, default=2, help="backbone layers")
+    train.add_argument("--name", help="generator name (default: the zoo's architecture name)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    sample = subparsers.add_parser(
+        "sample",
+        help="generate weights with a trained generator",
+        description="Sample N parameter sets from BUNDLE (a directory or hf://org/repo) into --out, one .safetensors each.",
+    )
+    sample.add_argument("bundle", help="bundle directory or hf://org/repo[@revision]")
+    sample.add_argument(
+        "--out", type=Path, required=True, help="directory for the .safetensors files"
+    )
+    sample.add_argument("-n", "--num-samples", type=int, default=1)
+    sample.add_argument("--seed", type=int, help="seed (default: random, printed)")
+    sample.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    sample.add_argument(
+        "--steps", type=int, default=50, help="DDIM steps (DDPM always uses all timesteps)"
+    )
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    sample.add_argument(
+        "--condition",
+        help='task embedding as JSON: a list of floats, or {"positive_classes": [...]}',
+    )
+    sample.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="compute precision",
+    )
+    sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    sample.set_defaults(func=_sample)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from models.training import TrainConfig, train
+
+    options = TrainConfig(
+        preset=args.preset,
+        backbone=args.backbone,
+        steps=args.steps,
+        token_size=args.token_size,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        diffusion_batch=args.diffusion_batch,
+        save_every=args.save_every,
+        permutation_states=args.permutation_states,
+        condition_mode=args.condition_mode,
+        granularity=args.granularity,
+        num_layers=args.num_layers,
+        name=args.name,
+        progress=not args.no_progress,
+    )
+    result = train(args.zoo, args.out, options)
+    print(
+        f"trained {result.steps} steps in {result.seconds:.1f}s ({result.steps_per_second:.2f} steps/s); "
+        f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}; bundle: {result.bundle}"
+    )
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import secrets
+
+    from models.generator import Generator
+    from models.sampling_io import write_samples
+    from models.training import pick_device
+
+    condition = None
+    if args.condition is not None:
+        try:
+            condition = json.loads(args.condition)
+        except json.JSONDecodeError as exc:
+            print(f"--condition is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+    generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
+    seed = args.seed if args.seed is not None else secrets.randbits(31)
+    started = time.perf_counter()
+    try:
+        samples = generator.sample(
+            args.num_samples,
+            condition=condition,
+            seed=seed,
+            sampler=args.sampler,
+            steps=args.steps,
+            eta=args.eta,
+            dtype=args.dtype,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    steps = generator.model.config.diffusion.num_timesteps if args.sampler == "ddpm" else args.steps
+    paths = write_samples(
+        samples,
+        args.out,
+        generator=generator,
+        seed=seed,
+        sampler=args.sampler,
+        steps=steps,
+        condition=generator.make_condition(condition),
+    )
+    for path in paths:
+        print(path)
+    print(
+        f"{len(paths)} sample(s) in {seconds:.2f}s ({seconds / len(paths):.3f}s each), seed {seed}",
+        file=sys.stderr,
+    )
+    return 0

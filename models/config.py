@@ -1,0 +1,160 @@
+"""Configuration of an RPG generator: one dataclass per part, saved in the bundle's config.json.
+
+Every dataclass round-trips through plain JSON (`to_dict()` / `from_dict()`), which is how a
+bundle rebuilds its model (`RPGConfig.from_dict(saved)`), nanoGPT-style.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+ConditionMode = Literal["all", "gate"]
+PositionKind = Literal["2d", "1d", "learned"]
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys with a clear message."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__}: unknown field(s) {unknown}; valid fields: {sorted(names)}"
+        )
+    return cls(**data)
+
+
+@dataclass
+class BackboneConfig:
+    """The recurrent model that turns positions (+ permutation state + condition) into prototypes."""
+
+    kind: str = "mamba"
+    d_model: int = 256
+    num_layers: int = 2
+    options: dict[str, Any] = field(default_factory=lambda: {"d_state": 32})
+
+
+@dataclass
+class DenoiserConfig:
+    """The 1-D conv U-Net that denoises one token at a time."""
+
+    channels: tuple[int, ...] = (1, 32, 64, 128, 64, 32, 1)
+    kernel_size: int = 7
+    time_dim: int = 128
+    norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule (RPG.md: linear betas 1e-4..0.02, T = 1000)."""
+
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    schedule: str = "linear"
+
+
+@dataclass
+class RPGConfig:
+    """Everything needed to rebuild the RPG network (not the tokenizer, which has its own dict)."""
+
+    token_size: int = 256
+    position: str = "2d"
+    num_permutation_states: int = 1
+    condition_dim: int = 0
+    condition_mode: str = "all"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        if self.token_size < 1:
+            raise ValueError(f"token_size must be >= 1, got {self.token_size}")
+        if self.num_permutation_states < 1:
+            raise ValueError("num_permutation_states must be >= 1")
+        if self.condition_dim < 0:
+            raise ValueError("condition_dim must be >= 0 (0 = unconditional)")
+        if self.condition_mode not in ("all", "gate"):
+            raise ValueError(f"condition_mode must be 'all' or 'gate', got {self.condition_mode!r}")
+        if self.position not in ("2d", "1d", "learned"):
+            raise ValueError(f"position must be '2d', '1d' or 'learned', got {self.position!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (tuples become lists)."""
+        data = asdict(self)
+        data["denoiser"]["channels"] = list(self.denoiser.channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RPGConfig:
+        """Inverse of `to_dict`."""
+        data = dict(data)
+        backbone = _from_dict(BackboneConfig, dict(data.pop("backbone", {})))
+        denoiser = _from_dict(DenoiserConfig, dict(data.pop("denoiser", {})))
+        diffusion = _from_dict(DiffusionConfig, dict(data.pop("diffusion", {})))
+        config: RPGConfig = _from_dict(
+            cls, data | {"backbone": backbone, "denoiser": denoiser, "diffusion": diffusion}
+        )
+        return config
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A row of RPG.md's size-preset table, plus the training recipe that goes with it."""
+
+    name: str
+    d_model: int
+    d_state: int
+    token_size: int
+    channels: tuple[int, ...]
+    sampler: str
+    sampler_steps: int
+    lr: float
+    batch_size: int
+    diffusion_batch: int
+    max_params: int | None  # upper bound of the preset's target range; None = unbounded
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny", 256, 32, 256, (1, 32, 64, 128, 64, 32, 1), "ddpm", 1000, 1e-3, 16, 512, 50_000
+    ),
+    "small": Preset(
+        "small",
+        4096,
+        128,
+        4096,
+        (1, 32, 64, 128, 64, 32, 1),
+        "ddpm",
+        1000,
+        3e-5,
+        16,
+        1024,
+        10_000_000,
+    ),
+    "base": Preset(
+        "base",
+        8192,
+        128,
+        8192,
+        (1, 32, 64, 128, 64, 32, 1),
+        "ddpm",
+        1000,
+        3e-5,
+        8,
+        1024,
+        50_000_000,
+    ),
+    "large": Preset("large", 16384, 128, 16384, (1, 64, 96, 64, 1), "ddim", 60, 1e-5, 8, 512, None),
+}
+
+
+def preset_for(num_parameters: int) -> str:
+    """The smallest preset whose target range holds `num_parameters`."""
+    for name, preset in PRESETS.items():
+        if preset.max_params is None or num_parameters < preset.max_params:
+            return name
+    return "large"

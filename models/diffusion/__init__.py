@@ -1,0 +1,34 @@
+"""The diffusion half of RPG: noise schedule, per-token denoiser, training loss, samplers.
+
+Pure PyTorch and pure math: no IO. The recurrent backbone produces one prototype per token;
+everything here treats tokens as independent given their prototypes.
+"""
+
+from __future__ import annotations
+
+from models.diffusion.denoiser import ConvUNetDenoiser, timestep_embedding
+from models.diffusion.loss import diffusion_loss
+from models.diffusion.samplers import (
+    SAMPLERS,
+    Denoiser,
+    Spacing,
+    ddim_timesteps,
+    sample_ddim,
+    sample_ddpm,
+)
+from models.diffusion.schedule import NoiseSchedule, ScheduleKind, extract
+
+__all__ = [
+    "SAMPLERS",
+    "ConvUNetDenoiser",
+    "Denoiser",
+    "NoiseSchedule",
+    "ScheduleKind",
+    "Spacing",
+    "ddim_timesteps",
+    "diffusion_loss",
+    "extract",
+    "sample_ddim",
+    "sample_ddpm",
+    "timestep_embedding",
+]

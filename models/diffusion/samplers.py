@@ -1,0 +1,235 @@
+"""Samplers: turn noise into tokens with a trained denoiser (DDPM and DDIM).
+
+Each sampler is a pure function of (denoiser, schedule, noise, condition, generator): no IO,
+no global state, no global RNG. All randomness comes from `generator` (on the device of
+`noise`), so a fixed generator state gives the same bits on the same device. They never
+switch the denoiser between train and eval mode and never touch grad mode: the caller
+decides (sampling with BatchNorm wants `eval()` and `torch.no_grad()`).
+
+The update arithmetic runs in float32 whatever the denoiser computes in (e.g. bf16
+autocast): the schedule coefficients are read once as float64 Python numbers and the state
+`x` stays float32 throughout. The result is float32.
+
+Notation: `a_t` = alphas_cumprod[t] (alpha-bar in Ho et al. 2020, alpha in Song et al. 2021),
+`b_t = 1 - a_t`, `eps` the predicted noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from models.diffusion.schedule import NoiseSchedule
+
+__all__ = ["SAMPLERS", "Denoiser", "Spacing", "ddim_timesteps", "sample_ddim", "sample_ddpm"]
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""`denoiser(x_t (N, D), t (N,) int64, cond (N, C)) -> predicted noise (N, D)`."""
+
+Spacing = Literal["uniform", "trailing", "leading"]
+_SPACINGS: tuple[str, ...] = ("uniform", "trailing", "leading")
+# Seed of the private generator used when the caller passes none: results stay
+# deterministic, and torch's global RNG is never consumed.
+_DEFAULT_SEED = 0
+
+
+def ddim_timesteps(num_timesteps: int, steps: int, spacing: Spacing = "trailing") -> list[int]:
+    """The `steps` timesteps a DDIM run visits, in the order visited (descending).
+
+    - `"trailing"`: `round(T - i * T / steps) - 1` for `i = 0 .. steps - 1`; always starts at
+      `T - 1` (pure noise), the choice of Lin et al. (2024) and our default.
+    - `"leading"`: `i * (T // steps)`; ends at 0 but may start well below `T - 1`
+      (Song et al. 2021's original choice).
+    - `"uniform"`: `round(i * (T - 1) / (steps - 1))`: both ends, `T - 1` and 0
+      (a single step is `[T - 1]`).
+
+    With `steps == T` all three give `T - 1, ..., 0`.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {steps!r}")
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(
+            f"steps must be between 1 and the schedule's num_timesteps ({num_timesteps}), "
+            f"got {steps}"
+        )
+    if spacing not in _SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {list(_SPACINGS)}")
+    big_t = num_timesteps
+    if spacing == "trailing":
+        # integer form of floor(x + 1/2) with x = (steps - i) * T / steps: no float drift
+        ts = [(2 * (steps - i) * big_t + steps) // (2 * steps) - 1 for i in range(steps)]
+    elif spacing == "leading":
+        ratio = big_t // steps
+        ts = [i * ratio for i in range(steps - 1, -1, -1)]
+    elif steps == 1:
+        ts = [big_t - 1]
+    else:
+        span = steps - 1
+        ts = [(2 * i * (big_t - 1) + span) // (2 * span) for i in range(span, -1, -1)]
+    return ts
+
+
+def sample_ddpm(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    cond: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip_x0: float | None = None,
+) -> Tensor:
+    """Ancestral sampling of Ho et al. (2020), Algorithm 2, through all T steps.
+
+    `noise (N, D)` is x_T; `cond (N, C)` one condition per row. Each step draws fresh noise
+    from `generator` (none at the last step); `generator=None` uses a private generator
+    with a fixed seed. `clip_x0` clamps the predicted x0 to `[-clip_x0, clip_x0]` before
+    it enters the posterior mean. Returns x_0 `(N, D)` float32.
+    """
+    _check_inputs(noise, cond, clip_x0)
+    gen = _resolve_generator(generator, noise)
+    c_x0_from_xt = _as_floats(schedule.sqrt_recip_alphas_cumprod)
+    c_x0_from_eps = _as_floats(schedule.sqrt_recipm1_alphas_cumprod)
+    c_mean_x0 = _as_floats(schedule.posterior_mean_coef1)
+    c_mean_xt = _as_floats(schedule.posterior_mean_coef2)
+    variance = _as_floats(schedule.posterior_variance)
+
+    x = noise.to(torch.float32)
+    for t in range(schedule.num_timesteps - 1, -1, -1):
+        # 1. predict the noise in x_t
+        eps = _predict(denoiser, x, t, cond)
+        # 2. predicted x0 from x_t = sqrt(a_t) x0 + sqrt(b_t) eps (Ho et al. eq. 4, solved
+        #    for x0 as in eq. 15)
+        x0 = c_x0_from_xt[t] * x - c_x0_from_eps[t] * eps
+        # 3. optionally clip it to the data range
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        # 4. mean of the posterior q(x_{t-1} | x_t, x0) (eq. 7); without clipping it equals
+        #    eq. 11's mu_theta(x_t, t)
+        mean = c_mean_x0[t] * x0 + c_mean_xt[t] * x
+        # 5. add noise with the posterior variance beta-tilde_t (eq. 7; sigma_t^2 = beta-tilde
+        #    in Algorithm 2); it is 0 at t = 0, where the mean is the answer
+        if t > 0:
+            z = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
+            x = mean + math.sqrt(variance[t]) * z
+        else:
+            x = mean
+    return x
+
+
+def sample_ddim(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    cond: Tensor,
+    *,
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: Spacing = "trailing",
+    generator: torch.Generator | None = None,
+    clip_x0: float | None = None,
+) -> Tensor:
+    """DDIM sampling of Song et al. (2021), eq. 12, over `steps` timesteps.
+
+    `noise (N, D)` is x_T; `cond (N, C)` one condition per row. `eta = 0` is deterministic
+    (the generator is not used); `eta = 1` with `steps = T` is DDPM with variance
+    beta-tilde. The timesteps are `ddim_timesteps(T, steps, spacing)`; the last step goes to
+    `a = 1`, i.e. returns the predicted x0. `clip_x0` clamps the predicted x0 (and the
+    noise is re-derived from it, so both terms of eq. 12 agree). Returns x_0 `(N, D)` float32.
+    """
+    _check_inputs(noise, cond, clip_x0)
+    if not (isinstance(eta, (int, float)) and not isinstance(eta, bool)):
+        raise TypeError(f"eta must be a number, got {eta!r}")
+    if not (math.isfinite(eta) and eta >= 0.0):
+        raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM), got {eta}")
+    timesteps = ddim_timesteps(schedule.num_timesteps, steps, spacing)
+    gen = _resolve_generator(generator, noise) if eta > 0 else None
+    alphas_cumprod = _as_floats(schedule.alphas_cumprod)
+
+    x = noise.to(torch.float32)
+    for i, t in enumerate(timesteps):
+        # 1. the previous timestep of the subsequence; after the last one comes a "step -1"
+        #    with a = 1 (clean data), so the final output is the predicted x0
+        is_last = i == len(timesteps) - 1
+        a_t = alphas_cumprod[t]
+        a_prev = 1.0 if is_last else alphas_cumprod[timesteps[i + 1]]
+        b_t = 1.0 - a_t
+        # 2. predict the noise in x_t
+        eps = _predict(denoiser, x, t, cond)
+        # 3. "predicted x0" of eq. 12: (x_t - sqrt(b_t) eps) / sqrt(a_t)
+        x0 = (x - math.sqrt(b_t) * eps) / math.sqrt(a_t)
+        # 4. optionally clip x0, and re-derive eps from it so both terms of eq. 12 agree
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            eps = (x - math.sqrt(a_t) * x0) / math.sqrt(b_t)
+        # 5. sigma_t(eta) of eq. 16: sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+        variance = (1.0 - a_prev) / b_t * (1.0 - a_t / a_prev)
+        sigma = eta * math.sqrt(max(variance, 0.0))
+        # 6. "direction pointing to x_t" of eq. 12; the clamp guards eta > 1
+        direction = math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+        # 7. x_{t-1} without the random term: sqrt(a_prev) * predicted x0 + direction
+        x = math.sqrt(a_prev) * x0 + direction
+        # 8. the random term sigma_t * z (eq. 12); sigma is 0 on the last step (a_prev = 1)
+        if gen is not None and not is_last:
+            z = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
+            x = x + sigma * z
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+"""Sampler by name: `SAMPLERS[name](denoiser, schedule, noise, cond, **options)`."""
+
+
+def _predict(denoiser: Denoiser, x: Tensor, t: int, cond: Tensor) -> Tensor:
+    timesteps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps = denoiser(x, timesteps, cond)
+    if eps.shape != x.shape:
+        raise ValueError(
+            f"the denoiser returned shape {tuple(eps.shape)} for input {tuple(x.shape)}; "
+            "it must predict the noise, one value per input value"
+        )
+    return eps.to(torch.float32)
+
+
+def _as_floats(table: Tensor) -> list[float]:
+    # One host copy per sampling run; per-step coefficients are then plain Python floats
+    # (no device sync inside the loop, float64 arithmetic on the scalars).
+    return table.detach().to("cpu", torch.float64).tolist()
+
+
+def _check_inputs(noise: Tensor, cond: Tensor, clip_x0: float | None) -> None:
+    if noise.ndim != 2:
+        raise ValueError(f"noise must be (N, token_size), got shape {tuple(noise.shape)}")
+    if not noise.is_floating_point():
+        raise TypeError(f"noise must be floating point, got dtype {noise.dtype}")
+    if cond.ndim != 2 or cond.shape[0] != noise.shape[0]:
+        raise ValueError(
+            f"cond must be (N={noise.shape[0]}, cond_dim): one condition row per noise row, "
+            f"got shape {tuple(cond.shape)}"
+        )
+    if cond.device != noise.device:
+        raise ValueError(
+            f"noise is on {noise.device} but cond is on {cond.device}; move both to one device"
+        )
+    if clip_x0 is not None and not (math.isfinite(clip_x0) and clip_x0 > 0):
+        raise ValueError(f"clip_x0 must be a positive finite number or None, got {clip_x0}")
+
+
+def _resolve_generator(generator: torch.Generator | None, noise: Tensor) -> torch.Generator:
+    if generator is None:
+        gen = torch.Generator(device=noise.device)
+        gen.manual_seed(_DEFAULT_SEED)
+        return gen
+    gen_device = torch.device(generator.device)
+    index_unknown = gen_device.index is None or noise.device.index is None
+    if gen_device.type != noise.device.type or not (
+        index_unknown or gen_device.index == noise.device.index
+    ):
+        raise ValueError(
+            f"the generator is on {gen_device} but noise is on {noise.device}; "
+            f"create it with torch.Generator(device=noise.device)"
+        )
+    return generator

@@ -1,0 +1,494 @@
+"""Evaluate generated models against their zoo: accuracy, and novelty (are they just copies?).
+
+For every evaluated model (a generated one, a zoo checkpoint, or a zoo checkpoint plus Gaussian
+noise) we report:
+
+- accuracy on the zoo's test split (fraction 0..1);
+- **max IoU**: the IoU of its wrong-prediction set (indices of the test examples it gets wrong)
+  with that of the zoo checkpoint whose wrong set it overlaps most (the "nearest" by behaviour;
+  ties go to the closest in L2). IoU of two empty sets is 1.0: two flawless models agree;
+- **min L2**: the Euclidean distance to the closest zoo checkpoint in the normalized parameter
+  space of a ``ParameterTokenizer`` fitted on the zoo (every tensor scaled by its zoo std, so
+  large layers do not dominate by scale alone).
+
+Reference rows put these numbers in context: the zoo itself (each checkpoint against the others,
+leave-one-out) and each checkpoint plus noise of sigma 0.01 / 0.05 (against the zoo without the
+checkpoint it came from). A generated model with max IoU 1.0 and min L2 near 0 is a copy; one
+that sits between the zoo's own spread and the noised copies is new but zoo-like.
+
+Everything here returns plain, JSON-safe dicts (non-finite floats become None);
+``evaluation_plot`` draws them and ``evaluation_cli`` prints them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from models.tokenizer import ParameterTokenizer
+from models.zoo import digits
+from models.zoo.store import Zoo, ZooError
+
+__all__ = [
+    "NOISE_SIGMAS",
+    "EvaluationError",
+    "accuracy_summary",
+    "add_noise",
+    "check_generated",
+    "evaluate_generated",
+    "evaluate_state_dicts",
+    "iou",
+    "iou_matrix",
+    "l2_matrix",
+    "load_generated_dir",
+    "noise_set_name",
+    "summary_stats",
+    "wrong_predictions",
+]
+
+NOISE_SIGMAS: tuple[float, ...] = (0.01, 0.05)
+# Noised running variances are clamped here: BatchNorm divides by sqrt(var + eps) and the
+# tokenizer log-transforms them, so they must stay positive.
+_VAR_FLOOR = 1e-6
+# Below this many parameters, forward passes run single-threaded (see wrong_predictions).
+_SMALL_MODEL = 1_000_000
+
+
+class EvaluationError(ValueError):
+    """Inputs to an evaluation are unusable; the message says how to fix them."""
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def summary_stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """``{"n", "mean", "median", "min", "max"}`` over the finite entries of ``values``.
+
+    None and non-finite entries are skipped (and not counted in ``n``); with nothing left the
+    statistics are None.
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"n": 0, "mean": None, "median": None, "min": None, "max": None}
+    return {
+        "n": len(finite),
+        "mean": statistics.fmean(finite),
+        "median": statistics.median(finite),
+        "min": min(finite),
+        "max": max(finite),
+    }
+
+
+def accuracy_summary(values: Sequence[float]) -> dict[str, Any]:
+    """``summary_stats`` of accuracies, which must be fractions in [0, 1]."""
+    bad = [v for v in values if not (isinstance(v, int | float) and 0.0 <= v <= 1.0)]
+    if bad:
+        raise EvaluationError(f"accuracies must be fractions in [0, 1], got {bad[:3]}")
+    return summary_stats(values)
+
+
+# ---------------------------------------------------------------------------- similarity
+
+
+def iou(a: Tensor, b: Tensor) -> float:
+    """IoU of two boolean masks over the same examples; 1.0 when both are empty."""
+    if a.shape != b.shape:
+        raise EvaluationError(
+            f"masks must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def iou_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU ``(m, k)`` float64 of boolean rows ``a (m, n)`` and ``b (k, n)``."""
+    af, bf = a.to(torch.float64), b.to(torch.float64)
+    inter = af @ bf.T  # (m, k): counts, exact in float64
+    union = af.sum(1, keepdim=True) + bf.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(inter))
+
+
+def l2_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise Euclidean distances ``(m, k)`` float64 of rows ``a (m, d)`` and ``b (k, d)``."""
+    # Without the matrix-product shortcut identical rows are exactly 0 apart.
+    return torch.cdist(
+        a.to(torch.float64), b.to(torch.float64), compute_mode="donot_use_mm_for_euclid_dist"
+    )
+
+
+def _nearest(
+    sim: Tensor | None, dist: Tensor, exclude: Sequence[int | None]
+) -> tuple[list[float | None], list[int | None], list[float | None], list[int | None]]:
+    """Per row: (max IoU, its index, min L2, its index), never choosing column ``exclude[r]``.
+
+    Rows without an allowed column (a one-checkpoint zoo, leave-one-out) or with a non-finite
+    distance get None.
+    """
+    m, k = dist.shape
+    allowed = torch.ones(m, k, dtype=torch.bool)
+    for r, col in enumerate(exclude):
+        if col is not None:
+            allowed[r, col] = False
+    has_any = allowed.any(1).tolist()
+    d = dist.masked_fill(~allowed, math.inf)
+    l2_val, l2_idx = d.min(1)
+    l2, l2_nearest = _where_valid(l2_val, l2_idx, has_any)
+    if sim is None:
+        return [None] * m, [None] * m, l2, l2_nearest
+    best = sim.masked_fill(~allowed, -math.inf).max(1).values
+    ties = (sim == best[:, None]) & allowed
+    # Tie-break by distance; finfo.max keeps a tie (even with an inf/NaN distance) ahead of
+    # a non-tie (+inf), so the chosen column always has the max IoU.
+    big = torch.finfo(d.dtype).max
+    iou_idx = torch.nan_to_num(d, nan=big, posinf=big).masked_fill(~ties, math.inf).argmin(1)
+    ious, iou_nearest = _where_valid(best, iou_idx, has_any)
+    return ious, iou_nearest, l2, l2_nearest
+
+
+def _where_valid(
+    values: Tensor, indices: Tensor, ok: list[bool]
+) -> tuple[list[float | None], list[int | None]]:
+    """Python lists with None where a row had no candidate or a non-finite value."""
+    vals = [
+        float(v) if o and math.isfinite(v) else None
+        for v, o in zip(values.tolist(), ok, strict=True)
+    ]
+    idx = [int(i) if v is not None else None for i, v in zip(indices.tolist(), vals, strict=True)]
+    return vals, idx
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def add_noise(
+    state_dict: Mapping[str, Tensor], sigma: float, generator: torch.Generator
+) -> dict[str, Tensor]:
+    """A copy of ``state_dict`` with N(0, sigma^2) added to every float tensor (raw weights).
+
+    Float parameters and float buffers are noised, except ``num_batches_tracked`` (a counter);
+    integer tensors are copied. BatchNorm ``running_var`` is clamped to stay positive.
+    """
+    out: dict[str, Tensor] = {}
+    for name, t in state_dict.items():
+        if not t.is_floating_point() or name.endswith("num_batches_tracked"):
+            out[name] = t.detach().clone()
+            continue
+        noise = torch.randn(t.shape, generator=generator, dtype=torch.float32) * sigma
+        noised = t.detach().to(torch.float32) + noise
+        if name.endswith("running_var"):
+            noised = noised.clamp_min(_VAR_FLOOR)
+        out[name] = noised.to(t.dtype)
+    return out
+
+
+@torch.no_grad()
+def wrong_predictions(
+    module: nn.Module,
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 1024,
+) -> Tensor:
+    """Boolean ``(len(state_dicts), len(y))``: True where checkpoint i mispredicts example j.
+
+    One module instance serves all checkpoints (``load_state_dict`` each); eval mode, no grad.
+    """
+    was_training = module.training
+    module.eval()
+    wrong = torch.zeros(len(state_dicts), len(y), dtype=torch.bool)
+    threads = torch.get_num_threads()
+    # Small models do too little work per op to amortise intra-op thread sync; on a busy CPU
+    # the spinning threads made a digits-mlp forward 50x slower than one thread.
+    if sum(p.numel() for p in module.parameters()) < _SMALL_MODEL:
+        torch.set_num_threads(1)
+    try:
+        for i, sd in enumerate(state_dicts):
+            module.load_state_dict(sd, strict=True)
+            for start in range(0, len(y), batch_size):
+                logits = module(x[start : start + batch_size])
+                wrong[i, start : start + batch_size] = (
+                    logits.argmax(1) != y[start : start + batch_size]
+                )
+    finally:
+        module.train(was_training)
+        torch.set_num_threads(threads)
+    return wrong
+
+
+def check_generated(
+    names: Sequence[str],
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    reference: Mapping[str, Tensor],
+) -> None:
+    """Every generated state dict must have the reference's keys, shapes and float-ness."""
+    for name, sd in zip(names, state_dicts, strict=True):
+        missing = [k for k in reference if k not in sd]
+        extra = [k for k in sd if k not in reference]
+        if missing or extra:
+            raise EvaluationError(
+                f"{name}: keys differ from the zoo's checkpoints (missing {missing[:5]}, "
+                f"unexpected {extra[:5]}); generated files must be state dicts of the zoo's "
+                "architecture (sample them with the generator trained on this zoo)"
+            )
+        for k, ref in reference.items():
+            t = sd[k]
+            if (
+                tuple(t.shape) != tuple(ref.shape)
+                or t.is_floating_point() != ref.is_floating_point()
+            ):
+                raise EvaluationError(
+                    f"{name}: tensor {k!r} is {tuple(t.shape)} {t.dtype}, the zoo has "
+                    f"{tuple(ref.shape)} {ref.dtype}; generated files must match the zoo's "
+                    "architecture"
+                )
+
+
+def noise_set_name(sigma: float) -> str:
+    """The novelty-set key of zoo checkpoints plus noise of ``sigma``, e.g. ``noise_0.01``."""
+    return f"noise_{sigma:g}"
+
+
+def _vectors(
+    tokenizer: ParameterTokenizer, state_dicts: Sequence[Mapping[str, Tensor]]
+) -> tuple[Tensor, int]:
+    """``(n, d)`` normalized vectors; a row of NaN (and a count) for unnormalizable models."""
+    rows, bad = [], 0
+    for sd in state_dicts:
+        try:
+            rows.append(tokenizer.normalized_vector(sd))
+        except ValueError:  # NaN/inf weights or negative variances: no place in the space
+            rows.append(torch.full((tokenizer.num_parameters,), math.nan))
+            bad += 1
+    return torch.stack(rows), bad
+
+
+def _novelty_set(
+    names: Sequence[str],
+    wrong: Tensor | None,
+    vectors: Tensor,
+    zoo_wrong: Tensor | None,
+    zoo_vectors: Tensor,
+    exclude: Sequence[int | None],
+) -> dict[str, Any]:
+    sim = None if wrong is None or zoo_wrong is None else iou_matrix(wrong, zoo_wrong)
+    ious, iou_idx, l2, l2_idx = _nearest(sim, l2_matrix(vectors, zoo_vectors), exclude)
+    accs: list[float | None] = [None] * len(names)
+    acc_summary = None
+    if wrong is not None:
+        n_test = wrong.shape[1]
+        correct = [(n_test - w) / n_test for w in wrong.sum(1).tolist()]  # as digits.accuracy
+        accs, acc_summary = list(correct), accuracy_summary(correct)
+    # Unavailable figures (no test set) are lists of None, with a None summary.
+    return {
+        "n": len(names),
+        "names": list(names),
+        "accuracy": accs,
+        "max_iou": ious,
+        "nearest_by_iou": iou_idx,
+        "min_l2": l2,
+        "nearest_by_l2": l2_idx,
+        "summary": {
+            "accuracy": acc_summary,
+            "max_iou": None if sim is None else summary_stats(ious),
+            "min_l2": summary_stats(l2),
+        },
+    }
+
+
+def evaluate_state_dicts(
+    zoo_state_dicts: Sequence[Mapping[str, Tensor]],
+    generated: Sequence[Mapping[str, Tensor]],
+    *,
+    module: nn.Module | None = None,
+    data: tuple[Tensor, Tensor] | None = None,
+    zoo_names: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    noise_sigmas: Sequence[float] = NOISE_SIGMAS,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """The evaluation report of ``generated`` against ``zoo_state_dicts`` (JSON-safe dict).
+
+    ``module`` (an instance of the architecture) and ``data`` (test inputs, labels) enable
+    accuracy and IoU; without them only L2 novelty is computed. Noise is seeded by ``seed``
+    (one stream per sigma). Keys: ``zoo`` and ``generated`` (accuracy summaries or None),
+    ``novelty`` (sets ``zoo_loo``, ``noise_<sigma>``..., ``generated``), ``per_model`` (one
+    entry per generated model), ``zoo_files``, ``num_test``, ``settings``, ``notes``.
+    """
+    if not zoo_state_dicts:
+        raise EvaluationError("the zoo is empty; evaluation needs at least one zoo checkpoint")
+    if not generated:
+        raise EvaluationError("no generated models to evaluate; pass at least one state dict")
+    zoo_names = list(zoo_names or [f"zoo[{i}]" for i in range(len(zoo_state_dicts))])
+    names = list(names or [f"generated[{i}]" for i in range(len(generated))])
+    if len(zoo_names) != len(zoo_state_dicts) or len(names) != len(generated):
+        raise EvaluationError("need exactly one name per zoo checkpoint and per generated model")
+    if any(s < 0 or not math.isfinite(s) for s in noise_sigmas):
+        raise EvaluationError(f"noise sigmas must be finite and >= 0, got {list(noise_sigmas)}")
+    check_generated(names, generated, zoo_state_dicts[0])
+    notes: list[str] = []
+
+    def wrong_of(sds: Sequence[Mapping[str, Tensor]]) -> Tensor | None:
+        if module is None or data is None:
+            return None
+        return wrong_predictions(module, sds, data[0], data[1], batch_size=batch_size)
+
+    # Zoo wrong-sets and vectors are computed once and shared by every compared set.
+    tokenizer = ParameterTokenizer.fit(zoo_state_dicts)
+    zoo_wrong = wrong_of(zoo_state_dicts)
+    zoo_vectors, _ = _vectors(tokenizer, zoo_state_dicts)
+    n_zoo = len(zoo_state_dicts)
+    sets: dict[str, dict[str, Any]] = {
+        "zoo_loo": _novelty_set(
+            zoo_names, zoo_wrong, zoo_vectors, zoo_wrong, zoo_vectors, list(range(n_zoo))
+        )
+    }
+    for i, sigma in enumerate(noise_sigmas):
+        stream = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint32)[0])
+        gen = torch.Generator().manual_seed(stream)
+        noised = [add_noise(sd, sigma, gen) for sd in zoo_state_dicts]
+        vectors, _ = _vectors(tokenizer, noised)
+        sets[noise_set_name(sigma)] = _novelty_set(
+            [f"{z}+noise({sigma:g})" for z in zoo_names],
+            wrong_of(noised),
+            vectors,
+            zoo_wrong,
+            zoo_vectors,
+            list(range(n_zoo)),  # the copy of checkpoint i is compared with the zoo minus i
+        )
+    gen_vectors, bad = _vectors(tokenizer, generated)
+    if bad:
+        notes.append(f"{bad} generated model(s) have NaN/inf weights: their L2 distance is null")
+    gen_set = _novelty_set(
+        names, wrong_of(generated), gen_vectors, zoo_wrong, zoo_vectors, [None] * len(names)
+    )
+    sets["generated"] = gen_set
+    if n_zoo < 2:
+        notes.append("the zoo has one checkpoint: leave-one-out and noise rows have no neighbour")
+
+    def file_of(i: int | None) -> str | None:
+        return None if i is None else zoo_names[i]
+
+    per_model = [
+        {
+            "name": name,
+            "accuracy": gen_set["accuracy"][j],
+            "max_iou": gen_set["max_iou"][j],
+            "nearest_by_iou": gen_set["nearest_by_iou"][j],
+            "nearest_by_iou_file": file_of(gen_set["nearest_by_iou"][j]),
+            "min_l2": gen_set["min_l2"][j],
+            "nearest_by_l2": gen_set["nearest_by_l2"][j],
+            "nearest_by_l2_file": file_of(gen_set["nearest_by_l2"][j]),
+        }
+        for j, name in enumerate(names)
+    ]
+    return {
+        "zoo": sets["zoo_loo"]["summary"]["accuracy"],
+        "generated": gen_set["summary"]["accuracy"],
+        "novelty": sets,
+        "per_model": per_model,
+        "zoo_files": zoo_names,
+        "num_test": None if data is None or module is None else len(data[1]),
+        "settings": {
+            "seed": seed,
+            "noise_sigmas": [float(s) for s in noise_sigmas],
+            "distance_space": "normalized (ParameterTokenizer fitted on the zoo)",
+            "num_parameters": tokenizer.num_parameters,
+        },
+        "notes": notes,
+    }
+
+
+def evaluate_generated(
+    zoo: Zoo,
+    generated: Sequence[Mapping[str, Tensor]],
+    names: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    noise_sigmas: Sequence[float] = NOISE_SIGMAS,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """``evaluate_state_dicts`` on a loaded zoo, with its test split rebuilt from ``zoo.dataset``.
+
+    Unconditional zoos only. A zoo without a dataset spec (or architecture) gets L2 novelty
+    only, with a note saying why. The report also names the zoo, architecture and dataset.
+    """
+    if zoo.condition.get("kind") != "none":
+        raise EvaluationError(
+            f"zoo {zoo.path} is conditioned on task vectors (condition kind "
+            f"{zoo.condition.get('kind')!r}); evaluating a folder of generated models is for "
+            "unconditional zoos, since each task needs its own comparison"
+        )
+    notes: list[str] = []
+    module: nn.Module | None = None
+    data: tuple[Tensor, Tensor] | None = None
+    if zoo.dataset is None:
+        notes.append(
+            "the zoo has no dataset spec, and accuracy and IoU need a test set: only L2 novelty "
+            "is reported (record one with `rpg zoo import ... --evaluate digits`)"
+        )
+    elif zoo.architecture is None:
+        notes.append("the zoo names no architecture, so models cannot be run: only L2 novelty")
+    else:
+        try:
+            split = digits.split_from_spec(zoo.dataset)
+        except ValueError as e:
+            raise EvaluationError(
+                f"cannot rebuild the test set of zoo {zoo.path}: {e}; only the built-in "
+                f"{digits.DATASET_NAME!r} dataset is known (set 'dataset' to null in zoo.json "
+                "for L2-only novelty)"
+            ) from e
+        try:
+            module = zoo.build_module()
+        except ZooError as e:
+            raise EvaluationError(str(e)) from e
+        data = (split.x_test, split.y_test)
+    report = evaluate_state_dicts(
+        zoo.state_dicts(),
+        generated,
+        module=module,
+        data=data,
+        zoo_names=[c.file for c in zoo.checkpoints],
+        names=names,
+        seed=seed,
+        noise_sigmas=noise_sigmas,
+        batch_size=batch_size,
+    )
+    report["notes"] = notes + report["notes"]
+    arch = zoo.architecture
+    report["zoo_path"] = str(zoo.path)
+    report["architecture"] = None if arch is None else arch.get("name", arch["builder"])
+    report["dataset"] = zoo.dataset
+    return report
+
+
+# ---------------------------------------------------------------------------- files (IO edge)
+
+
+def load_generated_dir(path: Path | str) -> tuple[list[str], list[dict[str, Tensor]]]:
+    """File names and state dicts of every ``.safetensors`` in ``path`` (sorted by name)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EvaluationError(f"generated-models folder {path} does not exist")
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if not files:
+        raise EvaluationError(
+            f"{path} holds no .safetensors files; sample some first "
+            "(`rpg sample BUNDLE --out DIR -n 20`)"
+        )
+    state_dicts = []
+    for f in files:
+        try:
+            state_dicts.append(load_file(f, device="cpu"))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise EvaluationError(f"{f.name} is not a readable .safetensors file: {e}") from e
+    return [f.name for f in files], state_dicts

@@ -1,0 +1,144 @@
+"""``rpg evaluate``: accuracy and novelty of a folder of generated models against their zoo.
+
+The top-level ``rpg`` command calls ``register(subparsers)``; the subcommand's ``func`` takes
+the parsed namespace and returns the exit code. ``format_report`` (the table) lives here, next
+to the only place that prints it; other callers may import it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from models.evaluation import (
+    NOISE_SIGMAS,
+    EvaluationError,
+    evaluate_generated,
+    load_generated_dir,
+    noise_set_name,
+)
+from models.zoo.store import ZooError, load_zoo
+
+__all__ = ["format_report", "register"]
+
+EXIT_ERROR = 1
+
+
+def _num(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _stats_cells(stats: dict[str, Any] | None, digits: int = 4) -> str:
+    if stats is None:
+        return "  ".join(f"{'-':>7}" for _ in range(4))
+    return "  ".join(f"{_num(stats[k], digits):>7}" for k in ("mean", "median", "min", "max"))
+
+
+def _set_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(novelty-set key, row label) in table order."""
+    rows = [("zoo_loo", "zoo (leave-one-out)")]
+    rows += [(noise_set_name(s), f"zoo + noise {s:g}") for s in report["settings"]["noise_sigmas"]]
+    return [*rows, ("generated", "generated")]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable table of an ``evaluate_generated`` report (accuracy, then novelty)."""
+    sets = report["novelty"]
+    header = f"{'mean':>7}  {'median':>7}  {'min':>7}  {'max':>7}"
+    lines = [
+        f"zoo:        {report.get('zoo_path', '?')} ({report.get('architecture') or 'architecture unknown'}, "
+        f"{len(report['zoo_files'])} checkpoints)",
+        f"generated:  {len(report['per_model'])} model(s)",
+        f"test set:   {(report.get('dataset') or {}).get('name', 'none')}"
+        + (f" ({report['num_test']} examples)" if report["num_test"] else ""),
+        *[f"note:       {n}" for n in report["notes"]],
+        "",
+        f"accuracy                  {'n':>4}  {header}",
+    ]
+    for key, label in _set_rows(report):
+        stats = sets[key]["summary"]["accuracy"]
+        n = sets[key]["n"] if stats is None else stats["n"]
+        lines.append(f"{label:<24}  {n:>4}  {_stats_cells(stats)}")
+    lines += [
+        "",
+        "novelty: max IoU of wrong-prediction sets with the zoo (1 = the same mistakes), and",
+        "min L2 distance to the zoo in normalized parameter space (0 = a copy)",
+        f"{'':<24}  {'n':>4}  {'IoU':>7}  {'':>7}  {'':>7}  {'':>7}    {'L2':>7}",
+        f"{'set':<24}  {'':>4}  {header}    {header}",
+    ]
+    for key, label in _set_rows(report):
+        s = sets[key]
+        lines.append(
+            f"{label:<24}  {s['n']:>4}  {_stats_cells(s['summary']['max_iou'])}    "
+            f"{_stats_cells(s['summary']['min_l2'], 3)}"
+        )
+    lines += ["", "per generated model:"]
+    width = max(len(m["name"]) for m in report["per_model"])
+    lines.append(
+        f"{'name':<{width}}  {'accuracy':>8}  {'max IoU':>7}  {'nearest (IoU)':<20}  "
+        f"{'min L2':>8}  nearest (L2)"
+    )
+    for m in report["per_model"]:
+        lines.append(
+            f"{m['name']:<{width}}  {_num(m['accuracy']):>8}  {_num(m['max_iou']):>7}  "
+            f"{m['nearest_by_iou_file'] or '-':<20}  {_num(m['min_l2'], 3):>8}  "
+            f"{m['nearest_by_l2_file'] or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        zoo = load_zoo(args.zoo)
+        names, state_dicts = load_generated_dir(args.generated)
+        report = evaluate_generated(zoo, state_dicts, names, seed=args.seed)
+    except (ZooError, EvaluationError) as e:
+        return _fail(str(e))
+    report["duration_s"] = round(time.perf_counter() - started, 3)
+    print(format_report(report))
+    if args.json is not None:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # allow_nan=False: the report promises strict JSON (non-finite numbers are null).
+        path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        print(f"\nwrote {path}")
+    if args.plot is not None:
+        from models.evaluation_plot import plot_accuracy_vs_similarity
+
+        try:
+            written = plot_accuracy_vs_similarity(report, args.plot)
+        except EvaluationError as e:
+            return _fail(str(e))
+        print(f"wrote {written}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``evaluate`` to a parser's subcommands."""
+    sigmas = " / ".join(f"{s:g}" for s in NOISE_SIGMAS)
+    p = subparsers.add_parser(
+        "evaluate",
+        help="accuracy and novelty of generated models against their zoo",
+        description="Evaluate every .safetensors in --generated (state dicts of the zoo's "
+        "architecture) on the zoo's test split: accuracy (n, mean, median, min, max) for zoo "
+        "and generated models, and novelty: for each generated model the max IoU of its "
+        "wrong-prediction set with a zoo checkpoint and its min L2 distance to the zoo in "
+        f"normalized parameter space, beside the zoo itself (leave-one-out) and zoo "
+        f"checkpoints plus Gaussian noise (sigma {sigmas}). Unconditional zoos only.",
+    )
+    p.add_argument("--zoo", required=True, help="zoo directory (with zoo.json)")
+    p.add_argument("--generated", required=True, help="folder of generated .safetensors files")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also write accuracy vs max IoU as a PNG")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise baseline (default: 0)")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,254 @@
+"""`Generator`: a trained RPG model with its tokenizer and config, loadable from a bundle.
+
+    gen = Generator.from_pretrained("runs/digits-mlp")          # or "hf://org/repo"
+    weights = gen.sample(num_samples=4, seed=0, sampler="ddim", steps=50)
+    module = build_module(gen.architecture); module.load_state_dict(weights[0], strict=True)
+
+Same seed + same settings = same weights, bit for bit, on the same device. Sample i of a
+request depends only on (seed, i), not on how many samples were asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
+from models.config import RPGConfig
+from models.rpg import RPGModel
+from models.tokenizer import ParameterTokenizer
+
+# Called with (samples done + fraction of the current sample, num_samples); may raise to stop.
+ProgressCallback = Callable[[float, int], None]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+class ConditionError(ValueError):
+    """A condition (task embedding) does not fit the generator's condition spec."""
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for sample `index` of a request seeded with `seed` (no overlap between
+    neighbouring request seeds, unlike `seed + index`)."""
+    digest = hashlib.sha256(f"rpg:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Generator:
+    """An RPG generator: tokenizer + RPG network + bundle config."""
+
+    def __init__(
+        self,
+        model: RPGModel,
+        tokenizer: ParameterTokenizer,
+        config: dict[str, Any],
+        *,
+        digest: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.digest = digest
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        """The generator's name (defaults to the architecture's name)."""
+        return str(self.config.get("name") or self.architecture.get("name") or "generator")
+
+    @property
+    def generator_id(self) -> str:
+        """`name@<first 12 hex of the weights' sha256>`: stamped on every generated file."""
+        return f"{self.name}@{(self.digest or 'unsaved')[:12]}"
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The architecture spec: `{"name", "builder": "module:function", "kwargs"}`."""
+        return dict(self.config.get("architecture") or {})
+
+    @property
+    def condition_spec(self) -> dict[str, Any]:
+        """`{"kind": "none"}` or `{"kind": "vector", "dim": D, "labels": [...], ...}`."""
+        return dict(self.config.get("condition") or {"kind": "none"})
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether sampling needs a condition (task embedding)."""
+        return self.condition_spec.get("kind") == "vector"
+
+    @property
+    def num_parameters(self) -> int:
+        """How many parameter values one generated model has (tokenized tensors)."""
+        return self.tokenizer.num_parameters
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Generator:
+        """Move the network to `device` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+    # ------------------------------------------------------------------ bundles
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    ) -> Generator:
+        """Load a bundle from a local directory or `hf://org/repo[@revision]`."""
+        directory = resolve_bundle(path)
+        config = read_config(directory)
+        tokenizer = ParameterTokenizer.from_dict(config["tokenizer"])
+        rpg_config = RPGConfig.from_dict(config["model"])
+        model = RPGModel(rpg_config, tokenizer.positions())
+        state = read_weights(directory)
+        model.load_state_dict(state, strict=True)
+        generator = cls(model, tokenizer, config, digest=weights_digest(directory))
+        return generator.to(device)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Write this generator as a bundle directory (config.json + model.safetensors)."""
+        directory = Path(path)
+        config = dict(self.config)
+        config["tokenizer"] = self.tokenizer.to_dict()
+        config["model"] = self.model.config.to_dict()
+        config.pop("format", None)
+        config.pop("version", None)
+        write_bundle(directory, config, self.model.state_dict())
+        self.config = read_config(directory)
+        self.digest = weights_digest(directory)
+        return directory
+
+    # ------------------------------------------------------------------ conditions
+    def make_condition(self, condition: Any) -> Tensor | None:
+        """Check a condition against the spec and return it as a float32 (dim,) tensor.
+
+        Accepts a list/tensor of `dim` finite floats, or `{"positive_classes": [...]}` mapped
+        through the spec's labels into a 0/1 mask.
+        """
+        spec = self.condition_spec
+        if spec.get("kind") != "vector":
+            if condition is not None:
+                raise ConditionError(
+                    f"generator {self.name!r} is unconditional; do not pass a condition"
+                )
+            return None
+        dim = int(spec["dim"])
+        if condition is None:
+            raise ConditionError(
+                f"generator {self.name!r} is conditional: pass a task embedding of {dim} values"
+                + (f" (labels {spec['labels']})" if spec.get("labels") else "")
+            )
+        if isinstance(condition, dict):
+            condition = self.mask_from_classes(condition.get("positive_classes"))
+        values = torch.as_tensor(condition, dtype=torch.float64).flatten()
+        if values.numel() != dim:
+            raise ConditionError(
+                f"task_embedding has {values.numel()} values; generator {self.name!r} expects {dim}"
+            )
+        if not torch.isfinite(values).all():
+            raise ConditionError("task_embedding must contain only finite numbers (no NaN or inf)")
+        return values.float()
+
+    def mask_from_classes(self, positive: Sequence[Any] | None) -> list[float]:
+        """`["0", "3"]` (labels, or their indices) -> a 0/1 mask over the spec's labels."""
+        labels = [str(label) for label in self.condition_spec.get("labels") or []]
+        if not labels:
+            raise ConditionError(
+                f"generator {self.name!r} has no class labels; pass task_embedding instead"
+            )
+        if not positive:
+            raise ConditionError("task.positive_classes must list at least one class")
+        mask = [0.0] * len(labels)
+        for item in positive:
+            key = str(item)
+            if key not in labels:
+                raise ConditionError(
+                    f"unknown class {item!r}; this generator's classes are {labels}"
+                )
+            mask[labels.index(key)] = 1.0
+        if all(mask):
+            raise ConditionError(
+                "task.positive_classes lists every class; a binary task needs a negative class"
+            )
+        return mask
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        num_samples: int = 1,
+        condition: Any = None,
+        seed: int | None = None,
+        sampler: str = "ddim",
+        steps: int = 50,
+        *,
+        eta: float = 0.0,
+        permutation_state: int | None = None,
+        dtype: str | torch.dtype = "float32",
+        chunk_size: int = 1024,
+        progress: ProgressCallback | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Generate `num_samples` state dicts of the target architecture.
+
+        `dtype` is the compute precision (autocast); the returned tensors keep the zoo's
+        dtypes. `progress(done, total)` is called between token chunks (done is fractional);
+        an exception raised from it stops sampling (that is how jobs are canceled).
+        """
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        cond = self.make_condition(condition)
+        seed = secrets.randbits(63) if seed is None else int(seed)
+        compute_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        states = self.model.config.num_permutation_states
+        if permutation_state is not None and not 0 <= permutation_state < states:
+            raise ValueError(f"permutation_state must be in [0, {states - 1}]")
+        device = self.device
+        was_training = self.model.training
+        self.model.eval()
+        results = []
+        try:
+            for index in range(num_samples):
+                rng = torch.Generator(device=device).manual_seed(derive_seed(seed, index))
+                ids = torch.randint(0, states, (1,), device=device, generator=rng)
+                if permutation_state is not None:
+                    ids.fill_(permutation_state)
+                noise = torch.randn(
+                    (1, self.tokenizer.num_tokens, self.tokenizer.token_size),
+                    device=device,
+                    generator=rng,
+                )  # (1, L, T)
+                batch_cond = None if cond is None else cond.to(device).unsqueeze(0)  # (1, dim)
+
+                def on_chunk(done: int, total: int, index: int = index) -> None:
+                    if progress is not None:
+                        progress(index + done / total, num_samples)
+
+                tokens = self.model.sample_tokens(
+                    noise,
+                    ids,
+                    batch_cond,
+                    sampler=sampler,
+                    steps=steps,
+                    eta=eta,
+                    chunk_size=chunk_size,
+                    generator=rng,
+                    autocast_dtype=compute_dtype,
+                    callback=on_chunk,
+                )
+                results.append(self.tokenizer.decode(tokens[0].cpu()))
+        finally:
+            self.model.train(was_training)
+        return results

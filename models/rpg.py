@@ -1,0 +1,172 @@
+"""The RPG network: recurrent prototypes + a per-token diffusion denoiser (RPG.md, steps 2-5).
+
+The recurrent model never sees parameter values. Its input is, for every token, a fixed
+position embedding plus a learned permutation-state embedding plus (optionally) the task
+condition; its output is one "prototype" per token. The denoiser then models each token's
+values given its prototype, so the diffusion part only ever sees one token at a time.
+No IO here: bundles and training live elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from models.backbones import build_backbone
+from models.config import RPGConfig
+from models.diffusion import SAMPLERS, ConvUNetDenoiser, NoiseSchedule, diffusion_loss
+from models.position import PositionEmbedding
+
+# Called between token chunks with (tokens done, tokens total); may raise to stop sampling.
+ChunkCallback = Callable[[int, int], None]
+
+
+class RPGModel(nn.Module):
+    """Positions (+ permutation state + condition) -> prototypes -> denoised parameter tokens."""
+
+    def __init__(self, config: RPGConfig, positions: Tensor) -> None:
+        super().__init__()
+        self.config = config
+        d_model = config.backbone.d_model
+        self.num_tokens = int(positions.shape[0])
+        self.position = PositionEmbedding(positions, d_model, kind=config.position)  # type: ignore[arg-type]
+        self.permutation = nn.Embedding(config.num_permutation_states, d_model)
+        nn.init.normal_(self.permutation.weight, std=0.02)
+        self.condition: nn.Module | None = None
+        self.condition_gate: nn.Module | None = None
+        if config.condition_dim > 0:
+            self.condition = nn.Sequential(
+                nn.Linear(config.condition_dim, d_model),
+                nn.SiLU(),
+                nn.Linear(d_model, d_model),
+            )
+            if config.condition_mode == "gate":
+                # A per-token scalar gate computed from the position lets the model learn which
+                # tokens (typically the classifier head) the task should steer.
+                self.condition_gate = nn.Linear(d_model, 1)
+        self.backbone = build_backbone(
+            config.backbone.kind,
+            d_model=d_model,
+            num_layers=config.backbone.num_layers,
+            **config.backbone.options,
+        )
+        self.denoiser = ConvUNetDenoiser(
+            config.token_size,
+            d_model,
+            channels=config.denoiser.channels,
+            kernel_size=config.denoiser.kernel_size,
+            time_dim=config.denoiser.time_dim,
+            norm=config.denoiser.norm,  # type: ignore[arg-type]
+        )
+        self.schedule = NoiseSchedule(
+            config.diffusion.num_timesteps,
+            config.diffusion.beta_start,
+            config.diffusion.beta_end,
+            kind=config.diffusion.schedule,  # type: ignore[arg-type]
+        )
+
+    def prototypes(self, permutation_ids: Tensor, condition: Tensor | None = None) -> Tensor:
+        """One prototype per token: (B,) ids [+ (B, condition_dim)] -> (B, num_tokens, d_model)."""
+        pos = self.position()  # (L, D)
+        x = pos.unsqueeze(0) + self.permutation(permutation_ids).unsqueeze(1)  # (B, L, D)
+        if self.condition is not None:
+            if condition is None:
+                raise ValueError(
+                    f"this generator is conditional: pass a condition of shape (B, {self.config.condition_dim})"
+                )
+            c = self.condition(condition.to(x.dtype)).unsqueeze(1)  # (B, 1, D)
+            if self.condition_gate is not None:
+                c = c * torch.sigmoid(self.condition_gate(pos)).unsqueeze(0)  # (B, L, D)
+            x = x + c
+        elif condition is not None:
+            raise ValueError("this generator is unconditional: condition must be None")
+        out: Tensor = self.backbone(x)
+        return out
+
+    def forward(
+        self,
+        tokens: Tensor,
+        permutation_ids: Tensor,
+        condition: Tensor | None = None,
+        *,
+        diffusion_batch: int = 512,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The training loss (forward is the loss so that DDP wraps the whole step)."""
+        return self.loss(
+            tokens, permutation_ids, condition, diffusion_batch=diffusion_batch, generator=generator
+        )
+
+    def loss(
+        self,
+        tokens: Tensor,
+        permutation_ids: Tensor,
+        condition: Tensor | None = None,
+        *,
+        diffusion_batch: int = 512,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Masked epsilon loss on a random subset of `diffusion_batch` tokens of the batch.
+
+        tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
+        """
+        proto = self.prototypes(permutation_ids, condition)  # (B, L, D)
+        x0 = tokens.reshape(-1, tokens.shape[-1])  # (B*L, T)
+        cond = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
+        if diffusion_batch < x0.shape[0]:
+            idx = torch.randperm(x0.shape[0], device=x0.device, generator=generator)[
+                :diffusion_batch
+            ]
+            x0, cond = x0[idx], cond[idx]
+        return diffusion_loss(self.denoiser, self.schedule, x0, cond, generator=generator)
+
+    @torch.inference_mode()
+    def sample_tokens(
+        self,
+        noise: Tensor,
+        permutation_ids: Tensor,
+        condition: Tensor | None = None,
+        *,
+        sampler: str = "ddim",
+        steps: int = 50,
+        eta: float = 0.0,
+        chunk_size: int = 1024,
+        generator: torch.Generator | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        callback: ChunkCallback | None = None,
+    ) -> Tensor:
+        """Denoise `noise` (B, L, T) into parameter tokens, `chunk_size` tokens per denoiser call.
+
+        All tokens of a model are independent given their prototypes, so chunks are denoised
+        one after another with bounded memory. The caller sets eval mode.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        device_type = noise.device.type
+        use_autocast = autocast_dtype is not None and autocast_dtype != torch.float32
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
+            proto = self.prototypes(permutation_ids, condition).float()  # (B, L, D)
+        flat_noise = noise.reshape(-1, noise.shape[-1])  # (B*L, T)
+        flat_proto = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
+        total = flat_noise.shape[0]
+        out = torch.empty_like(flat_noise)
+        for start in range(0, total, chunk_size):
+            stop = min(start + chunk_size, total)
+            kwargs: dict[str, object] = {"generator": generator}
+            if sampler == "ddim":
+                kwargs.update(steps=steps, eta=eta)
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
+                out[start:stop] = SAMPLERS[sampler](
+                    self.denoiser,
+                    self.schedule,
+                    flat_noise[start:stop],
+                    flat_proto[start:stop],
+                    **kwargs,
+                ).float()
+            if callback is not None:
+                callback(stop, total)
+        return out.reshape(noise.shape)  # (B, L, T)

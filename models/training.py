@@ -1,0 +1,383 @@
+"""Training an RPG generator on a zoo: `rpg train ZOO --out BUNDLE`.
+
+AdamW + linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA, periodic
+bundle saves with a resumable training state (safetensors + JSON, no pickle), and DDP when
+launched under `torchrun` (WORLD_SIZE > 1) with no code change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from models.config import PRESETS, BackboneConfig, DenoiserConfig, RPGConfig, preset_for
+from models.generator import Generator
+from models.rpg import RPGModel
+from models.tokenizer import Granularity, ParameterTokenizer
+from models.zoo.store import Zoo, load_zoo
+
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (what `rpg train` exposes)."""
+
+    preset: str | None = None  # None: chosen from the zoo's parameter count
+    backbone: str = "mamba"
+    steps: int | None = None  # None: the preset's default
+    token_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    lr: float | None = None
+    batch_size: int | None = None
+    diffusion_batch: int | None = None
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int | None = None
+    save_every: int = 500
+    permutation_states: str = "run"  # "run" | "checkpoint"
+    condition_mode: str = "all"
+    granularity: Granularity = "tensor"
+    num_layers: int = 2
+    d_model: int | None = None  # overrides of the preset, for experiments and fast tests
+    d_state: int | None = None
+    channels: tuple[int, ...] | None = None
+    name: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a run reports: losses, throughput and where the bundle went."""
+
+    bundle: Path
+    steps: int
+    seconds: float
+    steps_per_second: float
+    first_loss: float
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+
+
+DEFAULT_STEPS = {"tiny": 2000, "small": 50_000, "base": 80_000, "large": 120_000}
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def build_model_config(
+    zoo: Zoo, tokenizer_size: int, options: TrainConfig, num_states: int
+) -> tuple[RPGConfig, str]:
+    """The RPG config for this zoo: preset defaults overridden by explicit options."""
+    preset_name = options.preset or preset_for(tokenizer_size)
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
+    preset = PRESETS[preset_name]
+    d_state = options.d_state or preset.d_state
+    backbone_options: dict[str, Any] = {"d_state": d_state} if options.backbone == "mamba" else {}
+    condition = zoo.condition or {"kind": "none"}
+    config = RPGConfig(
+        token_size=options.token_size or preset.token_size,
+        num_permutation_states=num_states,
+        condition_dim=int(condition["dim"]) if condition.get("kind") == "vector" else 0,
+        condition_mode=options.condition_mode,
+        backbone=BackboneConfig(
+            kind=options.backbone,
+            d_model=options.d_model or preset.d_model,
+            num_layers=options.num_layers,
+            options=backbone_options,
+        ),
+        denoiser=DenoiserConfig(channels=options.channels or preset.channels),
+    )
+    return config, preset_name
+
+
+def permutation_ids(zoo: Zoo, mode: str) -> tuple[list[int], int]:
+    """One id per checkpoint: by training run (default) or one per checkpoint."""
+    if mode == "checkpoint":
+        n = len(zoo.checkpoints)
+        return list(range(n)), n
+    if mode != "run":
+        raise ValueError(f"permutation_states must be 'run' or 'checkpoint', got {mode!r}")
+    runs = zoo.run_ids()
+    index = {run: i for i, run in enumerate(sorted(set(runs)))}
+    return [index[r] for r in runs], len(index)
+
+
+def zoo_conditions(zoo: Zoo) -> Tensor | None:
+    """(N, dim) condition per checkpoint for a conditional zoo, else None."""
+    condition = zoo.condition or {"kind": "none"}
+    if condition.get("kind") != "vector":
+        return None
+    rows = []
+    for ckpt in zoo.checkpoints:
+        value = ckpt.condition
+        if value is None:
+            raise ValueError("a conditional zoo needs a condition on every checkpoint")
+        rows.append([float(v) for v in value])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    """Multiplier: linear warm-up to 1, then cosine decay to 0.05 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train(
+    zoo_path: str | os.PathLike[str], out: str | os.PathLike[str], options: TrainConfig
+) -> TrainResult:
+    """Train a generator on the zoo at `zoo_path` and write the bundle to `out`."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and options.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        rank = dist.get_rank()
+        if backend == "nccl":
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local_rank)
+            options.device = f"cuda:{local_rank}"
+    try:
+        return _train(Path(zoo_path), Path(out), options, rank, distributed)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(
+    zoo_path: Path, out: Path, options: TrainConfig, rank: int, distributed: bool
+) -> TrainResult:
+    device = pick_device(options.device)
+    zoo = load_zoo(zoo_path)
+    state_dicts = zoo.state_dicts()
+    probe = ParameterTokenizer.fit(state_dicts[:1], token_size=1)
+    ids, num_states = permutation_ids(zoo, options.permutation_states)
+    config, preset_name = build_model_config(zoo, probe.num_parameters, options, num_states)
+    preset = PRESETS[preset_name]
+    tokenizer = ParameterTokenizer.fit(
+        state_dicts, token_size=config.token_size, granularity=options.granularity
+    )
+    tokens = torch.stack([tokenizer.encode(sd) for sd in state_dicts]).to(device)  # (N, L, T)
+    perm = torch.tensor(ids, dtype=torch.long, device=device)  # (N,)
+    conds = zoo_conditions(zoo)
+    conds = None if conds is None else conds.to(device)  # (N, dim)
+
+    total_steps = options.steps or DEFAULT_STEPS[preset_name]
+    lr = options.lr or preset.lr
+    batch_size = min(options.batch_size or preset.batch_size, len(state_dicts))
+    diffusion_batch = options.diffusion_batch or preset.diffusion_batch
+    warmup = (
+        options.warmup_steps
+        if options.warmup_steps is not None
+        else max(1, min(200, total_steps // 20))
+    )
+
+    torch.manual_seed(options.seed)
+    model = RPGModel(config, tokenizer.positions()).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=options.weight_decay)
+    rng = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + rank)
+    start_step, losses = 0, list[float]()
+    if options.resume and (out / STATE_JSON).is_file():
+        start_step, losses = _load_state(out, model, optimizer, rng)
+    ddp_model: nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    meta = _bundle_meta(
+        zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
+    )
+    generator = Generator(model, tokenizer, meta)
+    use_bf16 = device.type == "cuda"
+    bar = _progress_bar(total_steps, start_step, options.progress and rank == 0)
+    started = time.perf_counter()
+    model.train()
+    step = start_step
+    for step in range(start_step, total_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * cosine_lr(step, total_steps, warmup)
+        idx = torch.randint(0, tokens.shape[0], (batch_size,), device=device, generator=rng)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = ddp_model(
+                tokens[idx],
+                perm[idx],
+                None if conds is None else conds[idx],
+                diffusion_batch=diffusion_batch,
+                generator=rng,
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        bar(step + 1, losses[-1])
+        if (
+            rank == 0
+            and options.save_every
+            and (step + 1) % options.save_every == 0
+            and step + 1 < total_steps
+        ):
+            _save(generator, out, optimizer, rng, step + 1, losses, started)
+    seconds = time.perf_counter() - started
+    if rank == 0:
+        _save(generator, out, optimizer, rng, total_steps, losses, started)
+    bar(None, None)
+    done = max(1, total_steps - start_step)
+    window = max(1, min(50, len(losses) // 10 or 1))
+    return TrainResult(
+        bundle=out,
+        steps=total_steps,
+        seconds=seconds,
+        steps_per_second=done / seconds if seconds > 0 else float("inf"),
+        first_loss=sum(losses[:window]) / window if losses else float("nan"),
+        final_loss=sum(losses[-window:]) / window if losses else float("nan"),
+        losses=losses,
+    )
+
+
+def _bundle_meta(
+    zoo: Zoo,
+    zoo_path: Path,
+    options: TrainConfig,
+    preset: str,
+    lr: float,
+    batch_size: int,
+    diffusion_batch: int,
+    total_steps: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    known = [float(a) for a in zoo.accuracies() if a is not None]
+    name = options.name or (zoo.architecture or {}).get("name") or zoo_path.name
+    return {
+        "name": name,
+        "architecture": zoo.architecture,
+        "dataset": zoo.dataset,
+        "condition": zoo.condition or {"kind": "none"},
+        "defaults": {"sampler": "ddim", "steps": 50},
+        "zoo": {
+            "path": str(zoo_path),
+            "num_checkpoints": len(zoo.checkpoints),
+            "accuracy_mean": sum(known) / len(known) if known else None,
+        },
+        "training": {
+            "preset": preset,
+            "options": asdict(options),
+            "lr": lr,
+            "batch_size": batch_size,
+            "diffusion_batch": diffusion_batch,
+            "steps": total_steps,
+            "device": str(device),
+            "torch": torch.__version__,
+        },
+    }
+
+
+def _save(
+    generator: Generator,
+    out: Path,
+    optimizer: torch.optim.Optimizer,
+    rng: torch.Generator,
+    step: int,
+    losses: list[float],
+    started: float,
+) -> None:
+    generator.config["training"].update(
+        {
+            "completed_steps": step,
+            "final_loss": losses[-1] if losses else None,
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    generator.save_pretrained(out)
+    tensors, meta = _flatten_optimizer(optimizer)
+    tensors["rng_state"] = rng.get_state()
+    save_file(tensors, str(out / STATE_TENSORS))
+    (out / STATE_JSON).write_text(
+        json.dumps({"step": step, "losses": losses, "optimizer": meta}) + "\n"
+    )
+
+
+def _flatten_optimizer(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimizer state as flat tensors + JSON (safetensors cannot hold nested dicts)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_state(
+    out: Path, model: RPGModel, optimizer: torch.optim.Optimizer, rng: torch.Generator
+) -> tuple[int, list[float]]:
+    saved = Generator.from_pretrained(out)
+    model.load_state_dict(saved.model.state_dict(), strict=True)
+    meta = json.loads((out / STATE_JSON).read_text())
+    tensors = load_file(str(out / STATE_TENSORS))
+    rng.set_state(tensors.pop("rng_state"))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, extra in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(pid), {}).update(extra)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    return int(meta["step"]), [float(x) for x in meta["losses"]]
+
+
+def _progress_bar(
+    total: int, initial: int, enabled: bool
+) -> Callable[[int | None, float | None], None]:
+    if not enabled:
+        return lambda step, loss: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    last = [initial]
+    ema: list[float] = []
+
+    def update(step: int | None, loss: float | None) -> None:
+        if step is None or loss is None:
+            bar.close()
+            return
+        ema[:] = [loss if not ema else 0.98 * ema[0] + 0.02 * loss]  # smoothed for display
+        bar.update(step - last[0])
+        last[0] = step
+        bar.set_postfix(loss=f"{ema[0]:.4f}")
+
+    return update

@@ -1,0 +1,219 @@
+"""``rpg zoo``: build the built-in zoos, import a folder of checkpoints, summarise a zoo.
+
+The top-level ``rpg`` command calls ``register(subparsers)``; each subcommand sets ``func``,
+which takes the parsed namespace and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from functools import partial
+from typing import Any
+
+from safetensors.torch import load_file
+from torch import nn
+
+from models.zoo import digits
+from models.zoo.build import DIGITS_ARCHITECTURES, build_digits_zoo, import_zoo
+from models.zoo.store import Zoo, ZooError, load_zoo
+
+__all__ = ["register", "summarize"]
+
+EXIT_ERROR = 1
+
+
+def _fail(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def summarize(zoo: Zoo) -> dict[str, Any]:
+    """JSON-safe summary of a zoo: architecture, size, runs, accuracy statistics."""
+    # Sizes come from one checkpoint: load_zoo already checked that all have the same shapes.
+    first = load_file(zoo.files()[0], device="cpu")
+    accs = [a for a in zoo.accuracies() if a is not None]
+    stats: dict[str, Any] | None = None
+    if accs:
+        stats = {
+            "n": len(accs),
+            "mean": statistics.fmean(accs),
+            "median": statistics.median(accs),
+            "min": min(accs),
+            "max": max(accs),
+        }
+    return {
+        "path": str(zoo.path),
+        "architecture": zoo.architecture,
+        "dataset": zoo.dataset,
+        "condition": zoo.condition,
+        "num_checkpoints": len(zoo),
+        "num_runs": len(set(zoo.run_ids())),
+        "num_tensors": len(first),
+        "num_values": sum(t.numel() for t in first.values()),
+        "accuracy": stats,
+    }
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    try:
+        zoo = build_digits_zoo(
+            args.kind,
+            args.out,
+            num_checkpoints=args.num_checkpoints,
+            runs=args.runs,
+            seed=args.seed,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+        )
+    except (ZooError, ValueError) as e:
+        return _fail(e)
+    _print_summary(summarize(zoo))
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    try:
+        kwargs = json.loads(args.kwargs)
+    except ValueError as e:
+        return _fail(ValueError(f"--kwargs is not valid JSON ({e}); e.g. '{{\"hidden\": 64}}'"))
+    if not isinstance(kwargs, dict):
+        return _fail(ValueError(f"--kwargs must be a JSON object, got {args.kwargs!r}"))
+    evaluate = dataset = None
+    if args.evaluate == "digits":
+        split = digits.load_digits_split()
+        evaluate = partial(_digits_accuracy, split=split)
+        dataset = digits.dataset_spec(split)
+    try:
+        zoo = import_zoo(
+            args.src,
+            args.out,
+            args.architecture,
+            kwargs,
+            name=args.name,
+            evaluate=evaluate,
+            dataset=dataset,
+            overwrite=args.overwrite,
+        )
+    except ZooError as e:
+        return _fail(e)
+    _print_summary(summarize(zoo))
+    return 0
+
+
+def _digits_accuracy(module: nn.Module, *, split: digits.DigitsSplit) -> float:
+    return digits.accuracy(module, split.x_test, split.y_test)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    try:
+        summary = summarize(load_zoo(args.dir))
+    except ZooError as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    arch = s["architecture"]
+    arch_text = (
+        "unknown (bare folder: import it with `rpg zoo import` to name it)"
+        if arch is None
+        else f"{arch.get('name')} ({arch['builder']}, kwargs {json.dumps(arch.get('kwargs', {}))})"
+    )
+    dataset = s["dataset"]["name"] if s["dataset"] else "unknown"
+    lines = [
+        f"zoo:          {s['path']}",
+        f"architecture: {arch_text}",
+        f"dataset:      {dataset}",
+        f"condition:    {s['condition'].get('kind')}",
+        f"checkpoints:  {s['num_checkpoints']} from {s['num_runs']} run(s)",
+        f"size:         {s['num_values']:,} values in {s['num_tensors']} tensors",
+    ]
+    acc = s["accuracy"]
+    if acc is None:
+        lines.append("accuracy:     not recorded")
+    else:
+        lines.append(
+            f"accuracy:     mean {acc['mean']:.4f}  median {acc['median']:.4f}  "
+            f"min {acc['min']:.4f}  max {acc['max']:.4f}  (n={acc['n']})"
+        )
+    print("\n".join(lines))
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``zoo`` (with ``build``, ``import``, ``show``) to a parser's subcommands."""
+    zoo = subparsers.add_parser(
+        "zoo",
+        help="build, import and inspect model zoos (the training data of generators)",
+        description="A model zoo is a folder of .safetensors checkpoints of one architecture "
+        "plus zoo.json (architecture spec, dataset, per-checkpoint accuracy and run id).",
+    )
+    sub = zoo.add_subparsers(dest="zoo_command", metavar="{build,import,show}", required=True)
+
+    build = sub.add_parser(
+        "build",
+        help="train a built-in zoo on scikit-learn's digits (no download)",
+        description="Train a built-in zoo: each run trains to a plateau, then saves checkpoints "
+        "evenly through one extra epoch at a small learning rate. Deterministic for a seed.",
+    )
+    build.add_argument("kind", choices=sorted(DIGITS_ARCHITECTURES), help="which zoo to build")
+    build.add_argument("--out", required=True, help="output directory (created)")
+    build.add_argument(
+        "--num-checkpoints", type=int, default=50, help="checkpoints in total (default: 50)"
+    )
+    build.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="independent training runs; checkpoints are split evenly over them (default: 1)",
+    )
+    build.add_argument("--seed", type=int, default=0, help="seed of the whole zoo (default: 0)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_cmd_build)
+
+    imp = sub.add_parser(
+        "import",
+        help="make a zoo from a folder of state dicts (.safetensors, .pt, .pth)",
+        description="Copy a folder of state dicts of one architecture into a zoo. .pt/.pth files "
+        "are read with torch.load(weights_only=True) (a state dict, or a dict with a "
+        "'state_dict' key) and converted to safetensors. Every file must load into the "
+        "architecture with strict=True.",
+    )
+    imp.add_argument("src", help="folder holding the checkpoint files")
+    imp.add_argument("--out", required=True, help="output zoo directory (created)")
+    imp.add_argument(
+        "--architecture",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="builder that returns a fresh nn.Module, e.g. models.zoo.digits:mlp",
+    )
+    imp.add_argument(
+        "--kwargs", default="{}", metavar="JSON", help="builder keyword arguments as JSON"
+    )
+    imp.add_argument("--name", help="architecture name (default: the --out folder's name)")
+    imp.add_argument(
+        "--evaluate",
+        choices=("none", "digits"),
+        default="none",
+        help="record each checkpoint's accuracy on a dataset (digits: the fixed test split of "
+        "the built-in zoos; the model must map (N, 64) inputs to class logits)",
+    )
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
+    imp.set_defaults(func=_cmd_import)
+
+    show = sub.add_parser(
+        "show",
+        help="summarise a zoo",
+        description="Print a zoo's architecture, size, runs and accuracy mean/median/min/max. "
+        "A bare folder of .safetensors files works too.",
+    )
+    show.add_argument("dir", help="zoo directory")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    show.set_defaults(func=_cmd_show)

