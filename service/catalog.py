@@ -1,0 +1,113 @@
+"""The generators a gateway serves, read from their bundles' config.json (never the weights).
+
+Built once at start from `worker.registry.load_generator_configs(settings)`; used to validate
+requests and to answer ``GET /architectures``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Catalog", "GeneratorInfo"]
+
+logger = logging.getLogger("rpg.gateway")
+
+
+def _count_parameters(config: Mapping[str, Any]) -> int | None:
+    """Parameter values per generated model, from the tokenizer layout (no weights needed)."""
+    layout = config.get("tokenizer")
+    if not isinstance(layout, Mapping):
+        return None
+    try:
+        from models.tokenizer import ParameterTokenizer
+
+        return int(ParameterTokenizer.from_dict(layout).num_parameters)
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("cannot count parameters of generator %r: %s", config.get("name"), exc)
+        return None
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """What the gateway needs to know about one generator."""
+
+    name: str
+    config: Mapping[str, Any]
+    num_parameters: int | None
+    condition: dict[str, Any]
+    default_sampler: Literal["ddim", "ddpm"]
+    default_steps: int
+    num_timesteps: int | None
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> GeneratorInfo:
+        """Read the fields from a bundle's config.json dict."""
+        condition = dict(config.get("condition") or {"kind": "none"})
+        defaults = config.get("defaults") or {}
+        diffusion = (config.get("model") or {}).get("diffusion") or {}
+        timesteps = diffusion.get("num_timesteps")
+        return cls(
+            name=name,
+            config=config,
+            num_parameters=_count_parameters(config),
+            condition=condition,
+            default_sampler="ddpm" if defaults.get("sampler") == "ddpm" else "ddim",
+            default_steps=int(defaults.get("steps") or 50),
+            num_timesteps=int(timesteps) if timesteps is not None else None,
+        )
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether requests must carry a task embedding."""
+        return self.condition.get("kind") == "vector"
+
+    @property
+    def condition_dim(self) -> int | None:
+        """The task embedding's length, for conditional generators."""
+        dim = self.condition.get("dim")
+        return int(dim) if self.is_conditional and dim is not None else None
+
+    @property
+    def labels(self) -> list[str]:
+        """Class labels a ``task.positive_classes`` entry may name (may be empty)."""
+        return [str(label) for label in self.condition.get("labels") or []]
+
+    def public(self) -> dict[str, Any]:
+        """The ``GET /architectures`` entry."""
+        zoo = self.config.get("zoo") or {}
+        accuracy = zoo.get("accuracy_mean")
+        checkpoints = zoo.get("num_checkpoints")
+        return {
+            "name": self.name,
+            "architecture": dict(self.config.get("architecture") or {}),
+            "num_parameters": self.num_parameters,
+            "condition": self.condition,
+            "defaults": {"sampler": self.default_sampler, "steps": self.default_steps},
+            "num_timesteps": self.num_timesteps,
+            "dataset": self.config.get("dataset"),
+            "zoo_accuracy_mean": float(accuracy) if accuracy is not None else None,
+            "zoo_num_checkpoints": int(checkpoints) if checkpoints is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Generators by name."""
+
+    generators: dict[str, GeneratorInfo] = field(default_factory=dict)
+
+    @classmethod
+    def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> Catalog:
+        """From ``{name: config.json dict}``."""
+        return cls({name: GeneratorInfo.from_config(name, cfg) for name, cfg in configs.items()})
+
+    def names(self) -> list[str]:
+        """Generator names, sorted."""
+        return sorted(self.generators)
+
+    def get(self, name: str) -> GeneratorInfo | None:
+        """The generator called ``name``, or None."""
+        return self.generators.get(name)

@@ -1,0 +1,1 @@
+"""One router per resource: generate, jobs, architectures, files, health (and metrics)."""

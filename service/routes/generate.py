@@ -1,0 +1,148 @@
+"""``POST /generate``: validate, enqueue, answer ``202`` + ``Location: /jobs/{id}`` + the job.
+
+With an ``Idempotency-Key`` header, a retry with the same body returns the job the first
+request created with ``200`` (and ``Idempotent-Replayed: true``) instead of ``202``; the same
+key with another body is a 422. Nothing is enqueued for a request that fails validation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+
+from service.deps import GatewayDep, GenerateBodyDep, OwnerDep, RateLimitDep
+from service.idempotency import (
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    InvalidIdempotencyKey,
+    fingerprint,
+)
+from service.problems import ProblemError
+from service.routes.jobs import find_job, job_public
+from service.schemas import JobPublic
+from service.state import Gateway
+from service.validation import to_generation_request
+from worker.errors import QueueFull
+from worker.queue import GenerationRequest, enqueue
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["generate"])
+
+QUEUE_FULL_RETRY_S = 10
+
+# The body is read by `read_generate_body` (size cap, strict JSON), so describe it here.
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}
+        },
+    }
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": JobPublic,
+        "description": "replay of an earlier request with the same Idempotency-Key",
+    },
+    202: {
+        "description": "queued; poll the Location header's URL",
+        "headers": {"Location": {"schema": {"type": "string"}, "description": "/jobs/{id}"}},
+    },
+    400: {"description": "malformed JSON or Idempotency-Key"},
+    401: {"description": "API key missing or invalid"},
+    409: {"description": "the first request with this Idempotency-Key is still in flight"},
+    413: {"description": "body larger than RPG_MAX_BODY_BYTES"},
+    415: {"description": "body is not application/json"},
+    422: {"description": "invalid fields (see errors[]) or Idempotency-Key reused"},
+    429: {"description": "rate limit; see Retry-After"},
+    503: {"description": "queue full or Redis unavailable; see Retry-After"},
+}
+
+
+def _enqueue(gateway: Gateway, request: GenerationRequest) -> str:
+    try:
+        return enqueue(gateway.redis, request, settings=gateway.settings)
+    except QueueFull as exc:
+        raise ProblemError(
+            503,
+            "queue-full",
+            "Queue full",
+            f"{exc}",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+        ) from None
+
+
+def _idempotent_enqueue(
+    gateway: Gateway, request: GenerationRequest, owner: str | None, key: str, digest: str
+) -> tuple[str, bool]:
+    """(job id, replayed): the job this key already names, or a new one recorded under it."""
+    store = gateway.idempotency
+    try:
+        existing = store.begin(owner, key, digest)
+        if existing is not None:
+            return existing, True
+    except InvalidIdempotencyKey as exc:
+        raise ProblemError(400, "bad-idempotency-key", "Bad Idempotency-Key", str(exc)) from None
+    except IdempotencyMismatch as exc:
+        raise ProblemError(
+            422, "idempotency-key-reused", "Idempotency-Key reused", str(exc)
+        ) from None
+    except IdempotencyInProgress as exc:
+        raise ProblemError(
+            409,
+            "idempotency-in-progress",
+            "Request in progress",
+            str(exc),
+            headers={"Retry-After": "1"},
+        ) from None
+    try:
+        job_id = _enqueue(gateway, request)
+    except BaseException:
+        store.release(owner, key)  # let the client retry with the same key
+        raise
+    store.complete(owner, key, digest, job_id)
+    return job_id, False
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=JobPublic,
+    responses=_RESPONSES,
+    openapi_extra=_BODY_DOC,
+)
+def generate(
+    response: Response,
+    gateway: GatewayDep,
+    owner: OwnerDep,
+    _rate: RateLimitDep,
+    body: GenerateBodyDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="any unique string (e.g. a UUID); retries with it return the same job",
+        ),
+    ] = None,
+) -> JobPublic:
+    """Queue a request to generate ``num_samples`` weight sets of ``architecture``.
+
+    The job document echoes the request with every default filled in (seed included), so
+    sending that request again reproduces the same weights.
+    """
+    request = to_generation_request(
+        body, catalog=gateway.catalog, settings=gateway.settings, owner=owner
+    )
+    if idempotency_key is None:
+        job_id, replayed = _enqueue(gateway, request), False
+    else:
+        digest = fingerprint(body.model_dump(mode="json"))
+        job_id, replayed = _idempotent_enqueue(gateway, request, owner, idempotency_key, digest)
+    job = find_job(gateway, job_id, owner)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_public(job)

@@ -1,0 +1,64 @@
+"""``/healthz`` (process alive), ``/readyz`` (can serve: Redis and a worker), ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.deps import GatewayDep
+from service.problems import ProblemError
+from worker.queue import live_workers
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: answers while the process runs; touches nothing else (no Redis)."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Redis unreachable or no live worker; see checks"}},
+)
+def readyz(gateway: GatewayDep) -> dict[str, Any]:
+    """Readiness: Redis answers AND at least one worker's heartbeat is fresh."""
+    checks: dict[str, str] = {}
+    failed: list[str] = []
+    try:
+        gateway.probe.ping()
+        checks["redis"] = "ok"
+        workers = live_workers(gateway.probe, settings=gateway.settings)
+        checks["workers"] = f"{len(workers)} live"
+        if not workers:
+            checks["workers"] = "no live worker"
+            failed.append("workers")
+    except (redis.RedisError, OSError) as exc:
+        checks["redis"] = f"unreachable ({type(exc).__name__}: {exc})"
+        checks["workers"] = "unknown (Redis unreachable)"
+        failed.append("redis")
+    if failed:
+        raise ProblemError(
+            503,
+            "not-ready",
+            "Not ready",
+            "not ready: "
+            + "; ".join(f"{name}: {checks[name]}" for name in failed)
+            + ". Check RPG_REDIS_URL and start a worker (`rpg worker`).",
+            headers={"Retry-After": "5"},
+            extra={"checks": checks, "failed": failed},
+        )
+    return {"status": "ready", "checks": checks}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(gateway: GatewayDep) -> Response:
+    """Prometheus text exposition of this gateway process."""
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,211 @@
+"""Request and response bodies of the HTTP API (separate models for what comes in and goes out).
+
+`GenerateRequest` is strict: unknown fields, wrong JSON types (``"3"`` for an integer,
+``true`` for a number) and non-finite numbers (JSON ``NaN`` / ``Infinity`` literals, or
+``1e400``) are rejected. Limits that depend on the deployment or the generator
+(``num_samples``, ``steps``, the embedding's dimension) are checked afterwards by
+`service.validation`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.types import FiniteFloat
+
+__all__ = [
+    "ArchitectureList",
+    "ArchitecturePublic",
+    "FieldErrorPublic",
+    "GenerateRequest",
+    "JobError",
+    "JobPublic",
+    "JobResult",
+    "Limits",
+    "Problem",
+    "ResultFile",
+    "TaskSpec",
+]
+
+MAX_SEED = 2**63 - 1
+Sampler = Literal["ddim", "ddpm"]
+OutputDtype = Literal["float32", "float16", "bfloat16"]
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class TaskSpec(_Strict):
+    """A binary task named by its positive classes, e.g. ``{"positive_classes": ["0", "3"]}``."""
+
+    positive_classes: list[str | int] = Field(
+        min_length=1,
+        max_length=4096,
+        description="class labels (or their indices) that count as positive; the rest are negative",
+    )
+
+
+class GenerateRequest(_Strict):
+    """Body of ``POST /generate``."""
+
+    architecture: str = Field(
+        min_length=1,
+        max_length=200,
+        description="generator name as listed by GET /architectures",
+        examples=["digits-mlp"],
+    )
+    task_embedding: list[FiniteFloat] | None = Field(
+        default=None,
+        max_length=65536,
+        description="condition vector; required exactly when the generator is conditional, "
+        "with its dimension (GET /architectures: condition.dim)",
+    )
+    task: TaskSpec | None = Field(
+        default=None,
+        description="convenience form of task_embedding for generators with class labels; "
+        "mutually exclusive with task_embedding",
+    )
+    num_samples: int = Field(
+        default=1, ge=1, description="how many weight sets to generate (limit: GET /architectures)"
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="random seed; omitted = a random one, returned in the job so it can be replayed",
+    )
+    sampler: Sampler | None = Field(
+        default=None, description="'ddim' or 'ddpm'; omitted = the generator's default"
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="DDIM steps; omitted = the generator's default. With 'ddpm' the generator's "
+        "full schedule (num_timesteps) is always used",
+    )
+    eta: FiniteFloat = Field(
+        default=0.0, ge=0.0, le=1.0, description="DDIM stochasticity (0 = deterministic); ddim only"
+    )
+    dtype: OutputDtype = Field(
+        default="float32", description="floating-point dtype of the weights in the output files"
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {"architecture": "digits-mlp", "num_samples": 2, "seed": 7},
+                {"architecture": "digits-tasks", "task": {"positive_classes": ["0", "3"]}},
+            ]
+        },
+    )
+
+
+class ResultFile(BaseModel):
+    """One generated ``.safetensors`` file."""
+
+    name: str
+    url: str = Field(description="download URL (signed and expiring for local/s3 storage)")
+    sha256: str
+    size_bytes: int
+    num_parameters: int
+
+
+class JobResult(BaseModel):
+    """What a succeeded job produced."""
+
+    files: list[ResultFile]
+    generator_id: str | None = None
+    seed: int | None = None
+    storage_version: str | None = None
+    timings: dict[str, float] | None = None
+
+
+class JobError(BaseModel):
+    """Why a job failed or was canceled."""
+
+    type: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it (``GET /jobs/{id}``)."""
+
+    id: str
+    status: JobStatusName
+    progress: float = Field(ge=0.0, le=1.0)
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    request: dict[str, Any] = Field(
+        description="the request as queued (seed and defaults filled in): replaying it "
+        "reproduces the weights"
+    )
+    result: JobResult | None = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+    queue_position: int | None = Field(
+        default=None, description="0-based place in the queue while queued"
+    )
+    attempts: int = 0
+
+
+class ArchitecturePublic(BaseModel):
+    """A generator this deployment serves."""
+
+    name: str = Field(description="pass as 'architecture' to POST /generate")
+    architecture: dict[str, Any] = Field(
+        description="spec to rebuild the nn.Module: {name, builder, kwargs}"
+    )
+    num_parameters: int | None = Field(description="parameter values per generated model")
+    condition: dict[str, Any] = Field(
+        description='{"kind": "none"} or {"kind": "vector", "dim": D, "labels": [...]}'
+    )
+    defaults: dict[str, Any] = Field(description="sampler and steps used when omitted")
+    num_timesteps: int | None = Field(description="diffusion steps (what 'ddpm' always uses)")
+    dataset: dict[str, Any] | None = None
+    zoo_accuracy_mean: float | None = Field(
+        default=None, description="mean accuracy of the training zoo, when known"
+    )
+    zoo_num_checkpoints: int | None = None
+
+
+class Limits(BaseModel):
+    """This deployment's request limits."""
+
+    max_num_samples: int
+    max_steps: int
+    max_body_bytes: int
+    rate_limit_per_minute: int
+
+
+class ArchitectureList(BaseModel):
+    """``GET /architectures``."""
+
+    architectures: list[ArchitecturePublic]
+    limits: Limits
+
+
+class FieldErrorPublic(BaseModel):
+    """One invalid field."""
+
+    field: str = Field(examples=["task_embedding[3]"])
+    pointer: str = Field(description="JSON pointer into the body", examples=["/task_embedding/3"])
+    message: str
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 ``application/problem+json``)."""
+
+    type: str = Field(examples=["urn:rpg:problem:invalid-request"])
+    title: str
+    status: int
+    detail: str = Field(description="what is wrong and how to fix it")
+    errors: list[FieldErrorPublic] | None = None
+
+    model_config = ConfigDict(extra="allow")

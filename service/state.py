@@ -1,0 +1,94 @@
+"""`Gateway`: everything a gateway process builds once from `Settings` and shares per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import redis
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.auth import ApiKeyring
+from service.catalog import Catalog
+from service.idempotency import IdempotencyStore
+from service.metrics import GatewayMetrics
+from service.ratelimit import RateLimiter
+from worker.queue import connect, live_workers, queue_depth
+from worker.registry import load_generator_configs
+from worker.settings import Settings
+from worker.storage import Storage, make_storage
+
+__all__ = ["Gateway", "build_gateway"]
+
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Gateway:
+    """The gateway's long-lived objects (one per process)."""
+
+    settings: Settings
+    redis: Redis
+    probe: Redis  # fails fast (no retries, short timeouts): /readyz and /metrics
+    catalog: Catalog
+    keyring: ApiKeyring
+    limiter: RateLimiter
+    idempotency: IdempotencyStore
+    metrics: GatewayMetrics
+    storage: Storage
+    signing_secret: str | None
+
+    def queue_state(self) -> tuple[int, int]:
+        """(queued jobs, live workers), read through the fast-failing client."""
+        return _queue_state(self.probe, self.settings)
+
+    def close(self) -> None:
+        """Release Redis connections."""
+        self.probe.close()
+        self.redis.close()
+
+
+def _queue_state(probe: redis.Redis, settings: Settings) -> tuple[int, int]:
+    return queue_depth(probe), len(live_workers(probe, settings=settings))
+
+
+def _probe_client(client: redis.Redis) -> redis.Redis:
+    """A client to the same server that gives up at once: a health check must not hang."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(
+        socket_timeout=PROBE_TIMEOUT_S,
+        socket_connect_timeout=PROBE_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    """Connect to Redis, read the generator configs and the keys, make the storage backend.
+
+    Raises on bad configuration (unreadable bundles, malformed key hashes) so a
+    misconfigured gateway stops at start instead of failing requests.
+    """
+    keyring = ApiKeyring.parse(list(settings.api_key_hashes))
+    catalog = Catalog.from_configs(load_generator_configs(settings))
+    storage = make_storage(settings.storage_settings())
+    secret = settings.resolved_signing_secret() if settings.storage == "local" else None
+    client = connect(settings)
+    probe = _probe_client(client)
+    return Gateway(
+        settings=settings,
+        redis=client,
+        probe=probe,
+        catalog=catalog,
+        keyring=keyring,
+        limiter=RateLimiter(client, settings.rate_limit_per_minute),
+        idempotency=IdempotencyStore(client, ttl_s=settings.idempotency_ttl_s),
+        metrics=GatewayMetrics(partial(_queue_state, probe, settings)),
+        storage=storage,
+        signing_secret=secret,
+    )

@@ -1,0 +1,232 @@
+"""The worker process: warm generators, a no-fork RQ worker, a heartbeat and a reaper.
+
+`run_worker(settings)` is what `rpg worker` runs:
+
+- loads every generator in `settings.generators` once, onto `settings.worker_device`;
+- serves their queues (`rpg:<name>`) with `GenerationWorker`, an RQ `SimpleWorker`: jobs
+  run in this process (no fork per job, so weights stay warm and CUDA stays usable), and
+  job timeouts still hold: RQ arms SIGALRM in the main thread and the job also checks its
+  deadline between chunks;
+- a heartbeat thread writes `rpg:worker:<name>` every `settings.heartbeat_interval_s` with a
+  TTL of 3 intervals, and on each beat re-queues or fails the jobs of workers whose key has
+  expired (`worker.queue.reap_dead_jobs`). So a job whose worker was killed ends within
+  about 3-4 intervals, even without any poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis as redis_lib
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from worker.errors import GeneratorConfigError
+from worker.jobs import WorkerContext, install_context
+from worker.queue import (
+    DEAD_AFTER_BEATS,
+    QUEUES_KEY,
+    WORKERS_KEY,
+    connect,
+    iso,
+    queue_name,
+    reap_dead_jobs,
+    rq_queue,
+    utc_now,
+    worker_key,
+)
+from worker.registry import GeneratorCache, discover_generators
+from worker.settings import Settings
+
+__all__ = ["GenerationWorker", "Heartbeat", "build_worker", "run_worker"]
+
+log = logging.getLogger("rpg.worker")
+
+
+class GenerationWorker(SimpleWorker):
+    """An RQ worker that runs jobs in its own process and remembers the current job id
+    (for the heartbeat), with the JSON serializer."""
+
+    current_job_id: str | None = None
+    # RQ's command channel (remote stop/shutdown) costs a thread and ~1 s at teardown;
+    # burst runs (tests, batch) switch it off.
+    listen_for_commands = True
+
+    def subscribe(self) -> None:
+        """Listen for RQ commands unless switched off."""
+        if self.listen_for_commands:
+            super().subscribe()
+
+    def unsubscribe(self) -> None:
+        """Stop listening for RQ commands (if listening)."""
+        if self.listen_for_commands:
+            super().unsubscribe()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run one job in this process."""
+        self.current_job_id = job.id
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.current_job_id = None
+
+
+class Heartbeat:
+    """Writes this worker's liveness key on a background thread and reaps dead workers' jobs."""
+
+    def __init__(
+        self,
+        connection: redis_lib.Redis,
+        settings: Settings,
+        name: str,
+        describe: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.name = name
+        self.describe = describe
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """Refresh the liveness key now."""
+        ttl_ms = max(1, math.ceil(DEAD_AFTER_BEATS * self.settings.heartbeat_interval_s * 1000))
+        info = {**self.describe(), "name": self.name, "last_heartbeat": iso(utc_now())}
+        with self.connection.pipeline() as pipe:
+            pipe.set(worker_key(self.name), json.dumps(info), px=ttl_ms)
+            pipe.sadd(WORKERS_KEY, self.name)
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.beat()
+                reaped = reap_dead_jobs(self.connection, settings=self.settings)
+                if reaped:
+                    log.warning("jobs of dead workers re-queued or failed: %s", reaped)
+            except redis_lib.RedisError as exc:  # keep beating once Redis is back
+                log.warning("heartbeat failed: %s", exc)
+
+    def start(self) -> None:
+        """Beat once now, then every interval on a daemon thread."""
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="rpg-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and remove the liveness key (a clean exit is not a death)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.connection.delete(worker_key(self.name))
+            self.connection.srem(WORKERS_KEY, self.name)
+        except redis_lib.RedisError:
+            pass
+
+
+def _remove_stale_scratch(settings: Settings) -> None:
+    # A killed worker leaves its job's temp directory behind. Any scratch directory older
+    # than the job timeout belongs to no running job (other workers may share data_dir).
+    root = settings.data_dir / "tmp"
+    if not root.is_dir():
+        return
+    cutoff = time.time() - settings.job_timeout_s - 60
+    for entry in root.glob("job-*"):
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    connection: redis_lib.Redis | None = None,
+    cache: GeneratorCache | None = None,
+    name: str | None = None,
+) -> tuple[GenerationWorker, WorkerContext]:
+    """The RQ worker and job context for `settings` (generators loaded and warm)."""
+    if cache is None:
+        sources = discover_generators(settings.generators)
+        if not sources:
+            raise GeneratorConfigError(
+                "no generators to serve: pass --generators DIR (a bundle, a directory of bundles, "
+                "or hf://org/repo) or set RPG_GENERATORS"
+            )
+        cache = GeneratorCache(sources, device=settings.worker_device)
+    _remove_stale_scratch(settings)
+    loaded = cache.warm()
+    for generator, seconds in loaded.items():
+        log.info("generator %s ready (%.2f s)", generator, seconds)
+    from worker.storage import make_storage
+
+    connection = connection if connection is not None else connect(settings)
+    name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+    queues = [rq_queue(connection, queue_name(generator)) for generator in cache.names]
+    connection.sadd(QUEUES_KEY, *[queue.name for queue in queues])
+    worker = GenerationWorker(queues, connection=connection, serializer=JSONSerializer, name=name)
+    context = WorkerContext(
+        settings=settings,
+        cache=cache,
+        storage=make_storage(settings.storage_settings()),
+        connection=connection,
+        worker_name=name,
+    )
+    return worker, context
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    connection: redis_lib.Redis | None = None,
+    cache: GeneratorCache | None = None,
+    name: str | None = None,
+) -> bool:
+    """Serve jobs until stopped (SIGINT/SIGTERM: finish the current job, then exit), or
+    until the queues are empty with `burst`. Returns whether any job ran."""
+    if settings.worker_cpu_threads:
+        import torch
+
+        torch.set_num_threads(settings.worker_cpu_threads)
+    worker, context = build_worker(settings, connection=connection, cache=cache, name=name)
+    worker.listen_for_commands = not burst
+    device = context.cache.device
+
+    def describe() -> dict[str, Any]:
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "generators": context.cache.names,
+            "device": device,
+            "state": "busy" if worker.current_job_id else "idle",
+            "current_job": worker.current_job_id,
+        }
+
+    heartbeat = Heartbeat(worker.connection, settings, worker.name, describe)
+    # RQ installs its own SIGINT/SIGTERM handlers; put ours back afterwards (matters when
+    # the worker runs inside another program, e.g. tests).
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    install_context(context)
+    heartbeat.start()
+    try:
+        return worker.work(burst=burst, logging_level="WARNING" if burst else "INFO")
+    finally:
+        heartbeat.stop()
+        install_context(None)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
