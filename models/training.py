@@ -177,7 +177,9 @@ def _train(
     zoo_path: Path, out: Path, options: TrainConfig, rank: int, distributed: bool
 ) -> TrainResult:
     device = pick_device(options.device)
-    zoo = load_zoo(zoo_path)
+    # Held-out checkpoints (tasks kept for evaluation) never reach the generator: every
+    # per-checkpoint list below (state dicts, permutation ids, conditions) comes from this view.
+    zoo = load_zoo(zoo_path).training_zoo()
     state_dicts = zoo.state_dicts()
     probe = ParameterTokenizer.fit(state_dicts[:1], token_size=1)
     ids, num_states = permutation_ids(zoo, options.permutation_states)
