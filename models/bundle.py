@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from models.fileio import atomic_write
 
 BUNDLE_FORMAT = "rpg-generator"
 BUNDLE_VERSION = 1
@@ -105,22 +106,9 @@ def write_bundle(directory: Path, config: dict[str, Any], weights: dict[str, Ten
     directory.mkdir(parents=True, exist_ok=True)
     full = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **config}
     tensors = {name: t.detach().contiguous().cpu() for name, t in weights.items()}
-    _atomic_write(
+    atomic_write(
         directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"})
     )
-    _atomic_write(
+    atomic_write(
         directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(full, indent=2) + "\n")
     )
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

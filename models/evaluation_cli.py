@@ -1,4 +1,6 @@
-"""``rpg evaluate``: accuracy and novelty of a folder of generated models against their zoo.
+"""``rpg evaluate``: accuracy and novelty of a folder of generated models against their zoo,
+or (``--generator``, task-conditioned zoos) per-task accuracy of a generator on seen and
+held-out tasks.
 
 The top-level ``rpg`` command calls ``register(subparsers)``; the subcommand's ``func`` takes
 the parsed namespace and returns the exit code. ``format_report`` (the table) lives here, next
@@ -23,7 +25,7 @@ from models.evaluation import (
 )
 from models.zoo.store import ZooError, load_zoo
 
-__all__ = ["format_report", "register"]
+__all__ = ["format_report", "format_task_report", "register"]
 
 EXIT_ERROR = 1
 
@@ -91,15 +93,118 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_task_report(report: dict[str, Any]) -> str:
+    """The human-readable table of an ``evaluate_tasks`` report (one row per task set)."""
+    s = report["settings"]
+    lines = [
+        f"zoo:        {report['zoo_path']} ({report['architecture']}, "
+        f"{report['num_training_tasks']} training tasks)",
+        f"generator:  {report['generator']}  ({s['samples_per_task']} samples per task, "
+        f"{s['sampler']} {s['steps']} steps, seed {s['seed']})",
+        f"test set:   each task's binary labels on {report['num_test']} digits test images",
+        "",
+        "accuracy (fractions)   tasks   generated: mean  median     min   bal.   "
+        "trained: mean     min   bal.   majority  nearest",
+    ]
+    for kind, label in (("heldout", "held-out (unseen)"), ("seen", "seen (training)")):
+        t = report["tasks"][kind]
+        lines.append(
+            f"{label:<22} {t['n_tasks']:>5}   {'':>9}{_num(t['generated_mean']):>6}  "
+            f"{_num(t['generated_median']):>6}  {_num(t['generated_min']):>6} "
+            f"{_num(t['generated_balanced_mean']):>6}   {'':>7}{_num(t['trained_mean']):>6}  "
+            f"{_num(t['trained_min']):>6} {_num(t['trained_balanced_mean']):>6}   "
+            f"{_num(t['majority_baseline_mean']):>8}  {_num(t['nearest_task_mean']):>7}"
+        )
+    lines += [
+        "",
+        "bal. = balanced accuracy (mean per-class recall); majority = always predicting the "
+        "task's majority class;",
+        "nearest = trained models of the closest seen task(s) by Hamming distance.",
+        "",
+        "per held-out task:",
+        f"{'mask (class 0..9)':<18}  {'pos':>5}  {'gen mean':>8}  {'gen min':>7}  "
+        f"{'trained':>7}  {'majority':>8}  {'nearest':>7}",
+    ]
+    for e in report["tasks"]["heldout"]["per_task"]:
+        lines.append(
+            f"{e['task']:<18}  {e['positive_fraction']:>5.2f}  {_num(e['generated']['mean']):>8}  "
+            f"{_num(e['generated']['min']):>7}  {_num(e['trained']['mean']):>7}  "
+            f"{_num(e['majority_baseline']):>8}  {_num(e['nearest_task']['mean']):>7}"
+        )
+    return "\n".join(lines)
+
+
+def _write_json(report: dict[str, Any], target: str) -> None:
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: the report promises strict JSON (non-finite numbers are null).
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    print(f"\nwrote {path}")
+
+
+def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
+    from models.generator import Generator
+    from models.task_evaluation import evaluate_tasks
+    from models.training import pick_device
+
+    if args.plot is not None:
+        return _fail("--plot draws --generated folders; task reports have no plot")
+    started = time.perf_counter()
+    bar = None
+    try:
+        zoo = load_zoo(args.zoo)
+        if zoo.condition.get("kind") != "vector":
+            return _fail(
+                f"zoo {zoo.path} is unconditional: sample a folder "
+                "(`rpg sample BUNDLE --out DIR -n 20`) and pass it with --generated"
+            )
+        generator = Generator.from_pretrained(args.generator, device=pick_device(args.device))
+        from tqdm import tqdm
+
+        bar = tqdm(desc="evaluate tasks", unit="task", disable=None, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = evaluate_tasks(
+            zoo,
+            generator,
+            samples_per_task=args.samples_per_task,
+            seen_tasks=args.seen_tasks,
+            sampler=args.sampler,
+            steps=args.steps,
+            seed=args.seed,
+            progress=progress,
+        )
+    except (ZooError, EvaluationError, ValueError, OSError) as e:
+        return _fail(str(e))
+    finally:
+        if bar is not None:
+            bar.close()
+    report["duration_s"] = round(time.perf_counter() - started, 3)
+    print(format_task_report(report))
+    if args.json is not None:
+        _write_json(report, args.json)
+    return 0
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return EXIT_ERROR
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.generator is not None:
+        return _cmd_evaluate_tasks(args)
     started = time.perf_counter()
     try:
         zoo = load_zoo(args.zoo)
+        if zoo.condition.get("kind") == "vector":
+            return _fail(
+                f"zoo {zoo.path} is task-conditioned: each task needs its own comparison, so "
+                "pass the generator instead (--generator BUNDLE) and its tasks are sampled"
+            )
         names, state_dicts = load_generated_dir(args.generated)
         report = evaluate_generated(zoo, state_dicts, names, seed=args.seed)
     except (ZooError, EvaluationError) as e:
@@ -107,11 +212,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report["duration_s"] = round(time.perf_counter() - started, 3)
     print(format_report(report))
     if args.json is not None:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # allow_nan=False: the report promises strict JSON (non-finite numbers are null).
-        path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        print(f"\nwrote {path}")
+        _write_json(report, args.json)
     if args.plot is not None:
         from models.evaluation_plot import plot_accuracy_vs_similarity
 
@@ -134,11 +235,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and generated models, and novelty: for each generated model the max IoU of its "
         "wrong-prediction set with a zoo checkpoint and its min L2 distance to the zoo in "
         f"normalized parameter space, beside the zoo itself (leave-one-out) and zoo "
-        f"checkpoints plus Gaussian noise (sigma {sigmas}). Unconditional zoos only.",
+        f"checkpoints plus Gaussian noise (sigma {sigmas}). Task-conditioned zoos "
+        "(digits-tasks): pass --generator BUNDLE instead; it samples models for every held-out "
+        "task and a seeded sample of seen tasks and compares their accuracy on each task's "
+        "binary test split with the trained models of the same task, the majority-class "
+        "baseline and the nearest seen task's models (plain and balanced accuracy).",
     )
     p.add_argument("--zoo", required=True, help="zoo directory (with zoo.json)")
-    p.add_argument("--generated", required=True, help="folder of generated .safetensors files")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--generated", help="folder of generated .safetensors files")
+    what.add_argument(
+        "--generator",
+        metavar="BUNDLE",
+        help="generator bundle (directory or hf://org/repo) to sample per task; for "
+        "task-conditioned zoos",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="also write accuracy vs max IoU as a PNG")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise baseline (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the noise baseline, or of the sampled models and seen tasks (default: 0)",
+    )
+    p.add_argument(
+        "--samples-per-task",
+        type=int,
+        default=10,
+        help="--generator: models sampled per task (default: 10)",
+    )
+    p.add_argument(
+        "--seen-tasks",
+        type=int,
+        default=20,
+        help="--generator: training tasks evaluated beside the held-out ones (default: 20)",
+    )
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="--generator")
+    p.add_argument("--steps", type=int, default=50, help="--generator: DDIM steps (default: 50)")
+    p.add_argument("--device", default="cpu", help="--generator: cpu | cuda | auto")
     p.set_defaults(func=_cmd_evaluate)

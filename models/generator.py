@@ -200,15 +200,20 @@ class Generator:
         dtype: str | torch.dtype = "float32",
         chunk_size: int = 1024,
         progress: ProgressCallback | None = None,
+        start_index: int = 0,
     ) -> list[dict[str, Tensor]]:
         """Generate `num_samples` state dicts of the target architecture.
 
         `dtype` is the compute precision (autocast); the returned tensors keep the zoo's
         dtypes. `progress(done, total)` is called between token chunks (done is fractional);
         an exception raised from it stops sampling (that is how jobs are canceled).
+        Sample k is the `start_index + k`-th of the request seeded with `seed`, so a caller
+        can produce a request's samples one at a time.
         """
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        if start_index < 0:
+            raise ValueError("start_index must be >= 0")
         cond = self.make_condition(condition)
         seed = secrets.randbits(63) if seed is None else int(seed)
         compute_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -221,7 +226,9 @@ class Generator:
         results = []
         try:
             for index in range(num_samples):
-                rng = torch.Generator(device=device).manual_seed(derive_seed(seed, index))
+                rng = torch.Generator(device=device).manual_seed(
+                    derive_seed(seed, start_index + index)
+                )
                 ids = torch.randint(0, states, (1,), device=device, generator=rng)
                 if permutation_state is not None:
                     ids.fill_(permutation_state)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from models.fileio import atomic_write
 from models.generator import DTYPES, Generator
 
 
@@ -83,19 +83,12 @@ def save_state_dict(
     """Atomically write one state dict (temp name + fsync + rename) and hash it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    metadata_copy = dict(metadata)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata_copy))
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     numel = sum(t.numel() for t in tensors.values())
     return WrittenFile(path, digest.hexdigest(), path.stat().st_size, numel)
 

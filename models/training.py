@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.config import PRESETS, BackboneConfig, DenoiserConfig, RPGConfig, preset_for
+from models.fileio import atomic_write
 from models.generator import Generator
 from models.rpg import RPGModel
 from models.tokenizer import Granularity, ParameterTokenizer
 from models.zoo.store import Zoo, load_zoo
 
-STATE_TENSORS = "training_state.safetensors"
-STATE_JSON = "training_state.json"
+STATE_FILE = "training_state.safetensors"
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=options.weight_decay)
     rng = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + rank)
     start_step, losses = 0, list[float]()
-    if options.resume and (out / STATE_JSON).is_file():
+    if options.resume and (out / STATE_FILE).is_file():
         start_step, losses = _load_state(out, model, optimizer, rng)
     ddp_model: nn.Module = model
     if distributed:
@@ -315,6 +316,20 @@ def _save(
     losses: list[float],
     started: float,
 ) -> None:
+    """Write the resumable training state, then the bundle.
+
+    The training state is ONE safetensors file (weights, optimizer tensors, RNG state, and the
+    JSON-safe rest in its string metadata), written atomically, so a crash at any point leaves
+    a state whose parts agree with each other; resume reads only that file.
+    """
+    tensors, meta = _flatten_optimizer(optimizer)
+    for name, value in generator.model.state_dict().items():
+        tensors[f"model.{name}"] = value.detach().cpu().contiguous()
+    tensors["rng_state"] = rng.get_state()
+    record = json.dumps({"step": step, "losses": losses, "optimizer": meta})
+    atomic_write(
+        out / STATE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"training_state": record})
+    )
     generator.config["training"].update(
         {
             "completed_steps": step,
@@ -323,12 +338,6 @@ def _save(
         }
     )
     generator.save_pretrained(out)
-    tensors, meta = _flatten_optimizer(optimizer)
-    tensors["rng_state"] = rng.get_state()
-    save_file(tensors, str(out / STATE_TENSORS))
-    (out / STATE_JSON).write_text(
-        json.dumps({"step": step, "losses": losses, "optimizer": meta}) + "\n"
-    )
 
 
 def _flatten_optimizer(
@@ -341,7 +350,7 @@ def _flatten_optimizer(
     for pid, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, Tensor):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -350,15 +359,18 @@ def _flatten_optimizer(
 def _load_state(
     out: Path, model: RPGModel, optimizer: torch.optim.Optimizer, rng: torch.Generator
 ) -> tuple[int, list[float]]:
-    saved = Generator.from_pretrained(out)
-    model.load_state_dict(saved.model.state_dict(), strict=True)
-    meta = json.loads((out / STATE_JSON).read_text())
-    tensors = load_file(str(out / STATE_TENSORS))
+    path = out / STATE_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads((handle.metadata() or {})["training_state"])
+    tensors = load_file(str(path))
     rng.set_state(tensors.pop("rng_state"))
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(weights, strict=True)
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
     for pid, extra in meta["optimizer"]["scalars"].items():
         state.setdefault(int(pid), {}).update(extra)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})

@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in (
         "models.zoo.cli",
         "models.evaluation_cli",
+        "models.bench",
         "worker.cli",
         "service.commands",
+        "service.client_cli",
+        "service.demo",
     ):
         try:
             module = __import__(module_name, fromlist=["register"])

@@ -188,19 +188,6 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
 
-        start = time.perf_counter()
-        samples = generator.sample(
-            request.num_samples,
-            condition=request.task_embedding,
-            seed=request.seed,
-            sampler=request.sampler,
-            steps=request.steps,
-            eta=request.eta,
-            dtype=context.settings.worker_precision,
-            chunk_size=context.settings.chunk_size,
-            progress=reporter.on_sampling,
-        )
-        reporter.check_stop()
         steps = (
             request.steps
             if request.sampler == "ddim"
@@ -209,12 +196,31 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
 
         from models.sampling_io import cast_floats, sample_metadata, save_state_dict
 
+        start = time.perf_counter()
         tmp_root = context.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=tmp_root))
         written = []
+        # One sample at a time, written as soon as it exists: memory stays at one model
+        # whatever num_samples is, and sample i is the same as in any other request with
+        # this seed (Generator.sample's start_index).
         for index in range(request.num_samples):
-            state_dict = samples[index]
+
+            def on_chunk(done: float, total: int, index: int = index) -> None:
+                reporter.on_sampling(index + done / total, request.num_samples)
+
+            (state_dict,) = generator.sample(
+                1,
+                condition=request.task_embedding,
+                seed=request.seed,
+                sampler=request.sampler,
+                steps=request.steps,
+                eta=request.eta,
+                dtype=context.settings.worker_precision,
+                chunk_size=context.settings.chunk_size,
+                progress=on_chunk,
+                start_index=index,
+            )
             metadata = sample_metadata(
                 generator,
                 seed=request.seed,
@@ -227,7 +233,6 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
             )
             path = scratch / f"sample_{index:03d}.safetensors"
             written.append(save_state_dict(path, cast_floats(state_dict, request.dtype), metadata))
-            samples[index] = {}  # free each sample once it is on disk
         sample_s = time.perf_counter() - start
         reporter.check_stop()
         reporter.publish(WRITTEN_SHARE, force=True)

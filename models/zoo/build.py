@@ -1,5 +1,7 @@
 """Making zoos: train the built-in digits zoos, or import a user's folder of state dicts.
 
+The task-conditioned ``digits-tasks`` zoo has its own builder (``tasks.build_task_zoo``).
+
 Both write into a staged temp directory that replaces ``out`` only once every checkpoint and
 ``zoo.json`` are on disk, so an interrupted build never leaves a half zoo behind.
 """
@@ -29,8 +31,16 @@ from models.zoo.store import (
     staged_directory,
     write_state_dict,
 )
+from models.zoo.tasks import TASK_ZOO_NAME, build_task_zoo
 
-__all__ = ["DIGITS_ARCHITECTURES", "DigitsKind", "build_digits_zoo", "import_zoo"]
+__all__ = [
+    "DIGITS_ARCHITECTURES",
+    "ZOO_KINDS",
+    "DigitsKind",
+    "build_digits_zoo",
+    "build_task_zoo",
+    "import_zoo",
+]
 
 DigitsKind = Literal["digits-mlp", "digits-cnn"]
 
@@ -47,6 +57,8 @@ DIGITS_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "kwargs": {"channels": [8, 16], "num_classes": 10},
     },
 }
+# Every built-in zoo `rpg zoo build` knows: the unconditional ones, then the task zoo.
+ZOO_KINDS: tuple[str, ...] = (*DIGITS_ARCHITECTURES, TASK_ZOO_NAME)
 
 
 def _now() -> str:
@@ -73,7 +85,10 @@ def build_digits_zoo(
     ones); it is recorded in the provenance.
     """
     if kind not in DIGITS_ARCHITECTURES:
-        raise ZooError(f"unknown digits zoo {kind!r}; choose one of {sorted(DIGITS_ARCHITECTURES)}")
+        hint = "; build it with build_task_zoo" if kind == TASK_ZOO_NAME else ""
+        raise ZooError(
+            f"unknown digits zoo {kind!r}; choose one of {sorted(DIGITS_ARCHITECTURES)}{hint}"
+        )
     spec = DIGITS_ARCHITECTURES[kind]
     recipe = recipe or digits.TrainingRecipe()
     per_run = digits.checkpoints_per_run(num_checkpoints, runs)

@@ -7,11 +7,15 @@
      "dataset": {"name": ..., "split": {...}} | null,
      "condition": {"kind": "none"} | {"kind": "vector", "dim": D, ...},
      "checkpoints": [{"file": "ckpt_000.safetensors", "accuracy": 0.97 | null,
-                      "run": 0, "condition": null | [D floats]}, ...],
+                      "run": 0, "condition": null | [D floats],
+                      "heldout": true (optional; absent = false)}, ...],
      "provenance": {...}}
 
 A directory of ``.safetensors`` files without ``zoo.json`` is a zoo too (architecture unknown,
 every file its own run). Files are only ever read with safetensors, never unpickled.
+
+A checkpoint flagged ``heldout`` belongs to a task kept for evaluation: it is stored (evaluation
+compares generated models with it) but generators never train on it (``Zoo.training_zoo()``).
 """
 
 from __future__ import annotations
@@ -19,18 +23,19 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from models.fileio import atomic_write, atomic_write_text
 
 __all__ = [
     "ZOO_FILE",
@@ -59,21 +64,28 @@ class ZooError(ValueError):
 
 @dataclass(frozen=True)
 class ZooCheckpoint:
-    """One checkpoint of a zoo: its file (relative to the zoo), accuracy, run id, condition."""
+    """One checkpoint of a zoo: its file (relative to the zoo), accuracy, run id, condition.
+
+    ``heldout``: the checkpoint's task is held out from generator training (kept for evaluation).
+    """
 
     file: str
     accuracy: float | None = None
     run: int = 0
     condition: list[float] | None = None
+    heldout: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The checkpoint's entry in zoo.json."""
-        return {
+        """The checkpoint's entry in zoo.json (``heldout`` only when set: older zoos unchanged)."""
+        entry: dict[str, Any] = {
             "file": self.file,
             "accuracy": self.accuracy,
             "run": self.run,
             "condition": self.condition,
         }
+        if self.heldout:
+            entry["heldout"] = True
+        return entry
 
 
 @dataclass
@@ -105,6 +117,20 @@ class Zoo:
     def accuracies(self) -> list[float | None]:
         """The recorded accuracy of every checkpoint (None where unknown)."""
         return [c.accuracy for c in self.checkpoints]
+
+    def training_zoo(self) -> Zoo:
+        """This zoo without its held-out checkpoints: what a generator may train on."""
+        kept = [c for c in self.checkpoints if not c.heldout]
+        if not kept:
+            raise ZooError(
+                f"every checkpoint of zoo {self.path} is held out; rebuild it with fewer "
+                "held-out tasks (or clear 'heldout' in zoo.json) so a generator has data"
+            )
+        return replace(self, checkpoints=kept)
+
+    def heldout_checkpoints(self) -> list[ZooCheckpoint]:
+        """The checkpoints kept out of generator training, in zoo order."""
+        return [c for c in self.checkpoints if c.heldout]
 
     def build_module(self) -> nn.Module:
         """A fresh module of the zoo's architecture (requires a known architecture)."""
@@ -184,33 +210,13 @@ def build_module(spec: Mapping[str, Any]) -> nn.Module:
 # ---------------------------------------------------------------------------- files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_state_dict(
     state_dict: Mapping[str, Tensor], path: Path, metadata: Mapping[str, str] | None = None
 ) -> None:
     """Write a state dict as safetensors through a temp file + rename (never half-written)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     meta = {"format": "pt", **(metadata or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _looks_like_zoo(path: Path) -> bool:
@@ -277,7 +283,7 @@ def save_zoo(zoo: Zoo) -> Path:
         text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise ZooError(f"zoo.json for {zoo.path} is not plain JSON (or has NaN/inf): {e}") from e
-    _atomic_write_text(target, text)
+    atomic_write_text(target, text)
     return target
 
 
@@ -335,6 +341,8 @@ def _validate_document(doc: Any, where: Path) -> None:
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in c)
         ):
             raise fail(f"{name}: 'condition' must be a list of {dim} numbers, got {c!r}")
+        if not isinstance(e.get("heldout", False), bool):
+            raise fail(f"{name}: 'heldout' must be true or false, got {e['heldout']!r}")
 
 
 def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -399,6 +407,7 @@ def load_zoo(path: Path | str) -> Zoo:
                 condition=None
                 if e.get("condition") is None
                 else [float(v) for v in e["condition"]],
+                heldout=bool(e.get("heldout", False)),
             )
             for e in doc["checkpoints"]
         ]

@@ -27,6 +27,11 @@ def test_bundle_layout_and_config(tiny_bundle: Path) -> None:
         "config.json",
         "model.safetensors",
     ]
+    # readable by a gateway or worker running as another user
+    assert all(
+        (tiny_bundle / name).stat().st_mode & 0o777 == 0o644
+        for name in ("config.json", "model.safetensors")
+    )
     config = read_config(tiny_bundle)
     assert config["format"] == "rpg-generator" and config["version"] == 1
     assert config["architecture"]["builder"] == "models.zoo.digits:mlp"
@@ -168,3 +173,11 @@ def test_write_samples_metadata_and_dtype(generator: Generator, tmp_path: Path) 
     assert meta["sample_index"] == "1" and meta["condition"] == "null"
     with pytest.raises(ValueError, match="dtype must be one of"):
         cast_floats(samples[0], "int8")
+
+
+def test_start_index_gives_one_sample_of_a_larger_request(generator: Generator) -> None:
+    full = generator.sample(3, seed=21, steps=4)
+    third = generator.sample(1, seed=21, steps=4, start_index=2)[0]
+    assert all(torch.equal(full[2][k], third[k]) for k in third)
+    with pytest.raises(ValueError, match="start_index"):
+        generator.sample(1, start_index=-1)

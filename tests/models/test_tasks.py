@@ -1,0 +1,310 @@
+"""Task-conditioned generation: the digits-tasks zoo, training without held-out tasks, and the
+per-task evaluation (a scaled-down run of the whole pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.evaluation_cli import format_task_report
+from models.evaluation_cli import register as register_evaluate
+from models.generator import Generator
+from models.rpg import RPGModel
+from models.task_evaluation import (
+    balanced_accuracy,
+    evaluate_tasks,
+    majority_baseline,
+    zoo_tasks,
+)
+from models.training import TrainConfig, train
+from models.zoo import digits, tasks
+from models.zoo.cli import register as register_zoo
+from models.zoo.store import ZOO_FILE, Zoo, ZooCheckpoint, ZooError, load_zoo, save_zoo
+
+SMALL = tasks.TaskRecipe(base=digits.TrainingRecipe(epochs=8), epochs=2)
+BUILD: dict[str, Any] = {"num_tasks": 7, "per_task": 2, "holdout": 2, "seed": 4}
+FAST: dict[str, Any] = {
+    "d_model": 32,
+    "d_state": 16,
+    "channels": (1, 8, 16, 8, 1),
+    "token_size": 256,
+    "progress": False,
+    "save_every": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def split() -> digits.DigitsSplit:
+    return digits.load_digits_split()
+
+
+@pytest.fixture(scope="module")
+def task_zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
+    out = tmp_path_factory.mktemp("tasks") / "zoo"
+    return tasks.build_task_zoo(out, progress=False, recipe=SMALL, **BUILD)
+
+
+@pytest.fixture(scope="module")
+def task_bundle(task_zoo: Zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tasks") / "bundle"
+    train(task_zoo.path, out, TrainConfig(steps=8, batch_size=4, diffusion_batch=32, **FAST))
+    return out
+
+
+def _masks(checkpoints: list[ZooCheckpoint]) -> set[tuple[int, ...]]:
+    return {tuple(int(v) for v in c.condition or []) for c in checkpoints}
+
+
+# ---------------------------------------------------------------------------- masks
+
+
+def test_all_masks_are_every_nontrivial_mask() -> None:
+    masks = tasks.all_masks()
+    assert len(masks) == len(set(masks)) == 1022 == tasks.NUM_TASKS
+    assert all(len(m) == 10 and set(m) <= {0, 1} for m in masks)
+    assert (0,) * 10 not in masks and (1,) * 10 not in masks
+
+
+def test_select_tasks_is_seeded_disjoint_and_keeps_the_heldout_set() -> None:
+    training, heldout = tasks.select_tasks(100, 20, seed=0)
+    assert len(training) == 80 and len(heldout) == 20
+    assert not set(training) & set(heldout)
+    assert tasks.select_tasks(100, 20, seed=0) == (training, heldout)
+    assert tasks.select_tasks(100, 20, seed=1)[1] != heldout
+    # More (or fewer) training tasks: the same unseen tasks.
+    assert tasks.select_tasks(1022, 20, seed=0)[1] == heldout
+    assert set(tasks.select_tasks(1022, 20, seed=0)[0]) >= set(training)
+    for bad in [(10, 0), (10, 10), (1023, 20)]:
+        with pytest.raises(ZooError, match="holdout"):
+            tasks.select_tasks(*bad, seed=0)
+
+
+def test_mask_helpers_by_hand() -> None:
+    mask = (0, 1, 0, 0, 1, 1, 0, 0, 0, 1)
+    assert tasks.mask_name(mask) == "0100110001"
+    y = torch.tensor([0, 1, 4, 9, 3, 5])
+    assert tasks.binary_labels(y, mask).tolist() == [0, 1, 1, 1, 0, 1]
+    with pytest.raises(ValueError, match="0 or 1"):
+        tasks.mask_bits([0.5] + [0.0] * 9)
+    with pytest.raises(ValueError, match="0 or 1"):
+        tasks.mask_bits([1.0] * 9)
+
+
+def test_head_from_mask_averages_the_base_rows() -> None:
+    weight = torch.arange(30, dtype=torch.float32).reshape(10, 3)  # row c = 3c, 3c+1, 3c+2
+    bias = torch.arange(10, dtype=torch.float32)
+    mask = (1, 1, 0, 0, 0, 0, 0, 0, 0, 1)  # classes 0, 1, 9 positive
+    w, b = tasks.head_from_mask(weight, bias, mask)
+    assert w.shape == (2, 3) and b.shape == (2,)
+    assert w[1].tolist() == [10.0, 11.0, 12.0]  # mean of rows 0, 1, 9: (0 + 3 + 27) / 3 = 10
+    assert b.tolist() == pytest.approx([(2 + 3 + 4 + 5 + 6 + 7 + 8) / 7, 10 / 3])
+    with pytest.raises(ValueError, match="positive and negative"):
+        tasks.head_from_mask(weight, bias, (0,) * 10)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def test_majority_baseline_by_hand(split: digits.DigitsSplit) -> None:
+    # One positive class: the majority is "negative", right on every image but the 0s.
+    mask = (1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    zeros = int((split.y_test == 0).sum())
+    expected = (len(split.y_test) - zeros) / len(split.y_test)
+    got = majority_baseline(
+        tasks.binary_labels(split.y_train, mask), tasks.binary_labels(split.y_test, mask)
+    )
+    assert got == pytest.approx(expected) and 0.85 < got < 0.95
+    # The majority comes from the training labels, not the test labels.
+    assert majority_baseline(torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0, 1])) == 0.25
+
+
+def test_balanced_accuracy_by_hand() -> None:
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    assert balanced_accuracy(torch.zeros(6, dtype=torch.long), y) == 0.5
+    pred = torch.tensor([0, 0, 0, 1, 1, 0])  # recalls 3/4 and 1/2
+    assert balanced_accuracy(pred, y) == pytest.approx(0.625)
+
+
+# ---------------------------------------------------------------------------- the zoo
+
+
+def test_task_zoo_json(task_zoo: Zoo) -> None:
+    doc = json.loads((task_zoo.path / ZOO_FILE).read_text())
+    assert doc["condition"] == tasks.TASK_CONDITION
+    assert doc["condition"]["labels"] == [str(c) for c in range(10)]
+    assert doc["architecture"]["builder"] == "models.zoo.digits:mlp"
+    assert doc["architecture"]["kwargs"] == {"hidden": 64, "num_classes": 2}
+    assert len(task_zoo) == 7 * 2 and set(task_zoo.run_ids()) == {0}
+    training, heldout = tasks.select_tasks(7, 2, seed=4)
+    assert _masks(task_zoo.heldout_checkpoints()) == set(heldout)
+    assert _masks(task_zoo.training_zoo().checkpoints) == set(training)
+    assert doc["provenance"]["heldout_tasks"] == [tasks.mask_name(m) for m in heldout]
+    for entry in doc["checkpoints"]:
+        assert 0 < sum(entry["condition"]) < 10  # no all-0 / all-1 masks
+        assert entry.get("heldout", False) == (tuple(entry["condition"]) in set(heldout))
+    assert Counter(map(tuple, (e["condition"] for e in doc["checkpoints"]))) == {
+        m: 2 for m in training + heldout
+    }
+
+
+def test_task_models_are_good_and_load_strictly(task_zoo: Zoo, split: digits.DigitsSplit) -> None:
+    module = task_zoo.build_module()
+    for c in task_zoo.checkpoints[::3]:
+        module.load_state_dict(load_file(task_zoo.path / c.file), strict=True)
+        labels = tasks.binary_labels(split.y_test, c.condition or [])
+        assert digits.accuracy(module, split.x_test, labels) == c.accuracy
+        assert c.accuracy is not None and c.accuracy > 0.8
+
+
+def test_task_zoo_build_is_deterministic(task_zoo: Zoo, tmp_path: Path) -> None:
+    again = tasks.build_task_zoo(tmp_path / "again", progress=False, recipe=SMALL, **BUILD)
+    assert [c.file for c in again.checkpoints] == [c.file for c in task_zoo.checkpoints]
+    for a, b in zip(again.files(), task_zoo.files(), strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    assert [c.to_json() for c in again.checkpoints] == [c.to_json() for c in task_zoo.checkpoints]
+
+
+def test_heldout_flag_round_trips_and_old_zoos_are_unchanged(task_zoo: Zoo, tmp_path: Path) -> None:
+    assert ZooCheckpoint(file="a.safetensors").to_json().get("heldout") is None
+    zoo = load_zoo(task_zoo.path)
+    assert sum(c.heldout for c in zoo.checkpoints) == 4
+    doc = json.loads((task_zoo.path / ZOO_FILE).read_text())
+    doc["checkpoints"][0]["heldout"] = "yes"
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in task_zoo.files():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / ZOO_FILE).write_text(json.dumps(doc))
+    with pytest.raises(ZooError, match="'heldout' must be true or false"):
+        load_zoo(copy)
+    all_out = Zoo(
+        path=copy,
+        architecture=zoo.architecture,
+        dataset=zoo.dataset,
+        condition=zoo.condition,
+        checkpoints=[ZooCheckpoint(**{**c.__dict__, "heldout": True}) for c in zoo.checkpoints],
+    )
+    save_zoo(all_out)
+    with pytest.raises(ZooError, match="every checkpoint"):
+        load_zoo(copy).training_zoo()
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+def test_training_is_conditional_and_skips_heldout(
+    task_zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[torch.Tensor] = []
+    original = RPGModel.loss
+
+    def spy(
+        self: RPGModel, tokens: torch.Tensor, ids: torch.Tensor, cond: Any = None, **kw: Any
+    ) -> torch.Tensor:
+        seen.append(cond.detach().clone())
+        return original(self, tokens, ids, cond, **kw)
+
+    monkeypatch.setattr(RPGModel, "loss", spy)
+    train(task_zoo.path, tmp_path / "b", TrainConfig(steps=12, batch_size=10, **FAST))
+    rows = {tuple(int(v) for v in row) for batch in seen for row in batch.tolist()}
+    training, heldout = tasks.select_tasks(7, 2, seed=4)
+    assert all(batch.shape == (10, 10) for batch in seen)
+    assert rows <= set(training) and len(rows) > 1  # masks vary per checkpoint
+    assert not rows & set(heldout)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["condition"]["kind"] == "vector" and config["condition"]["dim"] == 10
+    assert config["condition"]["labels"] == [str(c) for c in range(10)]
+    assert config["model"]["condition_dim"] == 10
+    assert config["zoo"]["num_checkpoints"] == len(training) * 2  # held-out ones never loaded
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@pytest.mark.slow
+def test_evaluate_tasks_report(task_zoo: Zoo, task_bundle: Path, split: digits.DigitsSplit) -> None:
+    generator = Generator.from_pretrained(task_bundle)
+    report = evaluate_tasks(task_zoo, generator, samples_per_task=2, seen_tasks=2, steps=4, seed=1)
+    training, heldout = tasks.select_tasks(7, 2, seed=4)
+    held, seen = report["tasks"]["heldout"], report["tasks"]["seen"]
+    assert held["n_tasks"] == 2 and seen["n_tasks"] == 2 and held["n_generated"] == 4
+    assert [e["task"] for e in held["per_task"]] == [tasks.mask_name(m) for m in heldout]
+    assert {tuple(e["mask"]) for e in seen["per_task"]} <= set(training)
+    for s in (held, seen):
+        for key in ("generated_mean", "generated_min", "generated_median", "trained_mean",
+                    "majority_baseline_mean", "generated_balanced_mean", "trained_balanced_mean"):  # fmt: skip
+            assert 0.0 <= s[key] <= 1.0, key
+        assert s["trained_mean"] > 0.8 and s["trained_balanced_mean"] > 0.7
+        assert s["generated_min"] <= s["generated_median"] <= s["generated_max"]
+        assert s["gap"] == pytest.approx(s["trained_mean"] - s["generated_mean"])
+    for e in held["per_task"]:
+        labels = tasks.binary_labels(split.y_test, e["mask"])
+        positives = int(labels.sum())
+        majority = max(positives, len(labels) - positives) / len(labels)
+        assert e["majority_baseline"] == pytest.approx(majority)  # stratified: train agrees
+        assert e["trained"]["files"] == [
+            c.file for c in task_zoo.checkpoints if tuple(c.condition or []) == tuple(e["mask"])
+        ]
+        assert e["nearest_task"]["hamming"] >= 1
+    assert all(t.heldout for t in zoo_tasks(task_zoo) if t.mask in set(heldout))
+    again = evaluate_tasks(task_zoo, generator, samples_per_task=2, seen_tasks=2, steps=4, seed=1)
+    assert again["tasks"] == report["tasks"]  # same seed, same models
+    assert "held-out (unseen)" in format_task_report(report)
+
+
+@pytest.mark.slow
+def test_cli_evaluate_generator(
+    task_zoo: Zoo, task_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="rpg")
+    register_evaluate(parser.add_subparsers(dest="command", required=True))
+    base = ["evaluate", "--zoo", str(task_zoo.path)]
+    args = parser.parse_args([*base, "--generator", str(task_bundle), "--json",
+                              str(tmp_path / "r.json"), "--samples-per-task", "1",
+                              "--seen-tasks", "1", "--steps", "3"])  # fmt: skip
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "held-out (unseen)" in out and "majority" in out
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert set(doc["tasks"]) == {"heldout", "seen"}
+    assert doc["tasks"]["heldout"]["n_tasks"] == 2 and doc["tasks"]["seen"]["n_tasks"] == 1
+    args = parser.parse_args([*base, "--generated", str(tmp_path)])
+    assert args.func(args) == 1 and "--generator" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--generated", str(tmp_path), "--generator", str(task_bundle)])
+
+
+def test_cli_zoo_build_refuses_foreign_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="rpg")
+    register_zoo(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["zoo", "build", "digits-tasks", "--out", str(tmp_path / "z"),
+                              "--runs", "2"])  # fmt: skip
+    assert args.func(args) == 1 and "--runs only applies" in capsys.readouterr().err
+    args = parser.parse_args(["zoo", "build", "digits-mlp", "--out", str(tmp_path / "z"),
+                              "--holdout", "3"])  # fmt: skip
+    assert args.func(args) == 1 and "--holdout only applies" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
+
+
+@pytest.mark.slow
+def test_cli_zoo_build_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="rpg")
+    register_zoo(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["zoo", "build", "digits-tasks", "--out", str(tmp_path / "z"),
+                              "--tasks", "3", "--per-task", "1", "--holdout", "1", "--quiet"])  # fmt: skip
+    assert args.func(args) == 0
+    assert "1 held out from training" in capsys.readouterr().out
+    zoo = load_zoo(tmp_path / "z")
+    assert len(zoo) == 3 and len(zoo.heldout_checkpoints()) == 1
+    assert zoo.provenance["base_accuracy"] > 0.9
+    assert all(c.accuracy is not None and c.accuracy > 0.9 for c in zoo.checkpoints)
