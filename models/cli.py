@@ -59,6 +59,12 @@ def register(subparsers: Any) -> None:
         default="all",
         help="conditional zoos: add the task embedding to all tokens, or through a learned per-token gate",
     )
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.995,
+        help="keep an exponential moving average of the weights and save it (0: save the raw weights)",
+    )
     train.add_argument("--granularity", choices=["tensor", "channel"], default="tensor")
     train.add_argument("--num-layers", type=int, default=2, help="backbone layers")
     train.add_argument("--name", help="generator name (default: the zoo's architecture name)")
@@ -113,6 +119,7 @@ def _train(args: argparse.Namespace) -> int:
         permutation_states=args.permutation_states,
         condition_mode=args.condition_mode,
         granularity=args.granularity,
+        ema_decay=args.ema_decay or None,
         num_layers=args.num_layers,
         name=args.name,
         progress=not args.no_progress,

@@ -152,7 +152,7 @@ def _nearest_tasks(task: Task, seen: Sequence[Task]) -> list[Task]:
 
 def _check_generator(zoo: Zoo, generator: Generator) -> None:
     spec, arch = generator.condition_spec, zoo.architecture or {}
-    if spec.get("kind") != "vector" or int(spec.get("dim", 0)) != len(zoo_tasks(zoo)[0].mask):
+    if spec.get("kind") != "vector" or spec.get("dim") != zoo.condition.get("dim"):
         raise EvaluationError(
             f"generator {generator.name!r} has condition {spec}, but zoo {zoo.path} is "
             f"conditioned on {zoo.condition.get('dim')}-bit masks; train one on this zoo "

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.config import PRESETS, BackboneConfig, DenoiserConfig, RPGConfig, preset_for
+from models.ema import EMA
 from models.fileio import atomic_write
 from models.generator import Generator
 from models.rpg import RPGModel
@@ -47,6 +48,7 @@ class TrainConfig:
     diffusion_batch: int | None = None
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    ema_decay: float | None = 0.995  # None: save the raw weights
     warmup_steps: int | None = None
     save_every: int = 500
     stop_at_step: int | None = (
@@ -74,9 +76,6 @@ class TrainResult:
     first_loss: float
     final_loss: float
     losses: list[float] = field(default_factory=list)
-
-
-DEFAULT_STEPS = {"tiny": 2000, "small": 50_000, "base": 80_000, "large": 120_000}
 
 
 def pick_device(name: str) -> torch.device:
@@ -194,7 +193,7 @@ def _train(
     conds = zoo_conditions(zoo)
     conds = None if conds is None else conds.to(device)  # (N, dim)
 
-    total_steps = options.steps or DEFAULT_STEPS[preset_name]
+    total_steps = options.steps or preset.steps
     lr = options.lr or preset.lr
     batch_size = min(options.batch_size or preset.batch_size, len(state_dicts))
     diffusion_batch = options.diffusion_batch or preset.diffusion_batch
@@ -209,8 +208,9 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=options.weight_decay)
     rng = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + rank)
     start_step, losses = 0, list[float]()
+    ema = EMA(model, options.ema_decay) if options.ema_decay else None
     if options.resume and (out / STATE_FILE).is_file():
-        start_step, losses = _load_state(out, model, optimizer, rng)
+        start_step, losses = _load_state(out, model, optimizer, rng, ema)
     ddp_model: nn.Module = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -222,7 +222,8 @@ def _train(
     meta = _bundle_meta(
         zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
     )
-    generator = Generator(model, tokenizer, meta)
+    # The bundle holds the averaged weights when EMA is on: those are what sampling uses.
+    generator = Generator(ema.model if ema else model, tokenizer, meta)
     use_bf16 = device.type == "cuda"
     bar = _progress_bar(total_steps, start_step, options.progress and rank == 0)
     started = time.perf_counter()
@@ -244,6 +245,8 @@ def _train(
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
         losses.append(float(loss.detach()))
         bar(step + 1, losses[-1])
         if (
@@ -252,10 +255,10 @@ def _train(
             and (step + 1) % options.save_every == 0
             and step + 1 < end_step
         ):
-            _save(generator, out, optimizer, rng, step + 1, losses, started)
+            _save(generator, out, model, optimizer, rng, step + 1, losses, started)
     seconds = time.perf_counter() - started
     if rank == 0:
-        _save(generator, out, optimizer, rng, end_step, losses, started)
+        _save(generator, out, model, optimizer, rng, end_step, losses, started)
     bar(None, None)
     done = max(1, end_step - start_step)
     window = max(1, min(50, len(losses) // 10 or 1))
@@ -310,6 +313,7 @@ def _bundle_meta(
 def _save(
     generator: Generator,
     out: Path,
+    model: RPGModel,
     optimizer: torch.optim.Optimizer,
     rng: torch.Generator,
     step: int,
@@ -323,8 +327,11 @@ def _save(
     a state whose parts agree with each other; resume reads only that file.
     """
     tensors, meta = _flatten_optimizer(optimizer)
-    for name, value in generator.model.state_dict().items():
+    for name, value in model.state_dict().items():
         tensors[f"model.{name}"] = value.detach().cpu().contiguous()
+    if generator.model is not model:  # EMA weights
+        for name, value in generator.model.state_dict().items():
+            tensors[f"ema.{name}"] = value.detach().cpu().contiguous()
     tensors["rng_state"] = rng.get_state()
     record = json.dumps({"step": step, "losses": losses, "optimizer": meta})
     atomic_write(
@@ -357,7 +364,11 @@ def _flatten_optimizer(
 
 
 def _load_state(
-    out: Path, model: RPGModel, optimizer: torch.optim.Optimizer, rng: torch.Generator
+    out: Path,
+    model: RPGModel,
+    optimizer: torch.optim.Optimizer,
+    rng: torch.Generator,
+    ema: EMA[RPGModel] | None,
 ) -> tuple[int, list[float]]:
     path = out / STATE_FILE
     with safe_open(str(path), framework="pt") as handle:
@@ -366,6 +377,11 @@ def _load_state(
     rng.set_state(tensors.pop("rng_state"))
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(weights, strict=True)
+    if ema is not None:
+        averaged = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+        if not averaged:
+            raise ValueError(f"{path}: the run being resumed had no EMA; resume with --ema-decay 0")
+        ema.model.load_state_dict(averaged, strict=True)
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):

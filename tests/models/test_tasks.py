@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.evaluation import EvaluationError
 from models.evaluation_cli import format_task_report
 from models.evaluation_cli import register as register_evaluate
 from models.generator import Generator
@@ -258,6 +259,31 @@ def test_evaluate_tasks_report(task_zoo: Zoo, task_bundle: Path, split: digits.D
     again = evaluate_tasks(task_zoo, generator, samples_per_task=2, seen_tasks=2, steps=4, seed=1)
     assert again["tasks"] == report["tasks"]  # same seed, same models
     assert "held-out (unseen)" in format_task_report(report)
+
+
+def test_zoo_tasks_groups_by_mask_and_refuses_mixed_flags(task_zoo: Zoo) -> None:
+    grouped = zoo_tasks(task_zoo)
+    assert len(grouped) == 7 and all(len(t.checkpoints) == 2 for t in grouped)
+    assert sum(t.heldout for t in grouped) == 2
+    first = task_zoo.checkpoints[0]
+    mixed = Zoo(
+        path=task_zoo.path,
+        architecture=task_zoo.architecture,
+        dataset=task_zoo.dataset,
+        condition=task_zoo.condition,
+        checkpoints=[first, ZooCheckpoint(**{**first.__dict__, "file": "x", "heldout": True})],
+    )
+    with pytest.raises(EvaluationError, match="held-out and training checkpoints"):
+        zoo_tasks(mixed)
+    with pytest.raises(EvaluationError, match="not task-conditioned"):
+        zoo_tasks(Zoo(path=task_zoo.path, architecture=None, dataset=None,
+                      condition={"kind": "none"}, checkpoints=[]))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_evaluate_tasks_refuses_a_foreign_generator(task_zoo: Zoo, tiny_bundle: Path) -> None:
+    with pytest.raises(EvaluationError, match="train one on this zoo"):
+        evaluate_tasks(task_zoo, Generator.from_pretrained(tiny_bundle))
 
 
 @pytest.mark.slow
