@@ -94,21 +94,8 @@ class RPGModel(nn.Module):
         diffusion_batch: int = 512,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The training loss (forward is the loss so that DDP wraps the whole step)."""
-        return self.loss(
-            tokens, permutation_ids, condition, diffusion_batch=diffusion_batch, generator=generator
-        )
-
-    def loss(
-        self,
-        tokens: Tensor,
-        permutation_ids: Tensor,
-        condition: Tensor | None = None,
-        *,
-        diffusion_batch: int = 512,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Masked epsilon loss on a random subset of `diffusion_batch` tokens of the batch.
+        """The training loss: masked epsilon MSE on a random subset of `diffusion_batch`
+        tokens of the batch (the loss is the forward pass so that DDP wraps the whole step).
 
         tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
         """

@@ -400,7 +400,9 @@ def _progress_bar(
         return lambda step, loss: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0
+    )
     last = [initial]
     ema: list[float] = []
 

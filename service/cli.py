@@ -1,6 +1,7 @@
 """The `rpg` command: one entry point for training, sampling, zoos, the worker and the gateway.
 
-Subcommands are registered by the package that owns them, so this module only assembles.
+Each package registers its own subcommands (`register(subparsers)`), so this module only
+assembles them. Command modules import heavy libraries inside their handlers where they can.
 """
 
 from __future__ import annotations
@@ -9,34 +10,35 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from models import bench as bench_cli
+from models import cli as models_cli
+from models import evaluation_cli
+from models.zoo import cli as zoo_cli
+from service import client_cli, commands, demo
+from worker import cli as worker_cli
+
+REGISTRARS = (
+    zoo_cli.register,  # rpg zoo build|import|show
+    models_cli.register,  # rpg train, rpg sample
+    evaluation_cli.register,  # rpg evaluate
+    bench_cli.register,  # rpg bench quality|speed
+    worker_cli.register,  # rpg worker
+    commands.register,  # rpg serve, rpg keys
+    client_cli.register,  # rpg submit
+    demo.register,  # rpg demo
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `rpg` argument parser."""
-    from models.cli import register as register_models
-
     parser = argparse.ArgumentParser(
         prog="rpg",
         description="RPG: generate neural-network weights with recurrent diffusion. "
         "Build a zoo, train a generator, sample, evaluate, and serve it over HTTP.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    register_models(subparsers)
-    for module_name in (
-        "models.zoo.cli",
-        "models.evaluation_cli",
-        "models.bench",
-        "worker.cli",
-        "service.commands",
-        "service.client_cli",
-        "service.demo",
-    ):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
+    for register in REGISTRARS:
+        register(subparsers)
     return parser
 
 
