@@ -205,7 +205,7 @@ def test_training_is_conditional_and_skips_heldout(
     task_zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[torch.Tensor] = []
-    original = RPGModel.loss
+    original = RPGModel.forward
 
     def spy(
         self: RPGModel, tokens: torch.Tensor, ids: torch.Tensor, cond: Any = None, **kw: Any
@@ -213,7 +213,7 @@ def test_training_is_conditional_and_skips_heldout(
         seen.append(cond.detach().clone())
         return original(self, tokens, ids, cond, **kw)
 
-    monkeypatch.setattr(RPGModel, "loss", spy)
+    monkeypatch.setattr(RPGModel, "forward", spy)
     train(task_zoo.path, tmp_path / "b", TrainConfig(steps=12, batch_size=10, **FAST))
     rows = {tuple(int(v) for v in row) for batch in seen for row in batch.tolist()}
     training, heldout = tasks.select_tasks(7, 2, seed=4)
