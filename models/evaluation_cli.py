@@ -100,7 +100,9 @@ def format_task_report(report: dict[str, Any]) -> str:
         f"zoo:        {report['zoo_path']} ({report['architecture']}, "
         f"{report['num_training_tasks']} training tasks)",
         f"generator:  {report['generator']}  ({s['samples_per_task']} samples per task, "
-        f"{s['sampler']} {s['steps']} steps, seed {s['seed']})",
+        f"{s['sampler']} {s['steps']} steps"
+        + (f" eta {s['eta']:g}" if s.get("eta") and s["sampler"] == "ddim" else "")
+        + f", seed {s['seed']})",
         f"test set:   each task's binary labels on {report['num_test']} digits test images",
         "",
         "accuracy (fractions)   tasks   generated: mean  median     min   bal.   "
@@ -174,6 +176,7 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
             seen_tasks=args.seen_tasks,
             sampler=args.sampler,
             steps=args.steps,
+            eta=args.eta,
             seed=args.seed,
             progress=progress,
         )
@@ -272,5 +275,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="--generator")
     p.add_argument("--steps", type=int, default=50, help="--generator: DDIM steps (default: 50)")
+    p.add_argument(
+        "--eta", type=float, default=0.0, help="--generator: DDIM eta (0: deterministic)"
+    )
     p.add_argument("--device", default="cpu", help="--generator: cpu | cuda | auto")
     p.set_defaults(func=_cmd_evaluate)

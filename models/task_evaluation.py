@@ -207,13 +207,14 @@ def evaluate_tasks(
     seen_tasks: int = 20,
     sampler: str = "ddim",
     steps: int = 50,
+    eta: float = 0.0,
     seed: int = 0,
     progress: TaskProgress | None = None,
 ) -> dict[str, Any]:
     """The task report of ``generator`` on ``zoo`` (JSON-safe; accuracies are fractions).
 
     Every held-out task and ``seen_tasks`` training tasks (a sample seeded by ``seed``) get
-    ``samples_per_task`` generated models each. Keys: ``tasks`` (``heldout`` and ``seen``, each
+    ``samples_per_task`` generated models each (``eta``: DDIM noise, 0 = deterministic). Keys: ``tasks`` (``heldout`` and ``seen``, each
     with ``n_tasks``, ``generated_mean`` / ``_median`` / ``_min`` / ``_max``,
     ``generated_balanced_mean``, ``trained_mean`` / ``_min`` / ``_balanced_mean``,
     ``majority_baseline_mean``, ``nearest_task_mean``, ``gap``, ``per_task``), ``settings``,
@@ -253,6 +254,7 @@ def evaluate_tasks(
             seed=_sample_seed(seed, task.mask),
             sampler=sampler,
             steps=steps,
+            eta=eta,
         )
         names = [f"{task.name}/sample_{i:03d}" for i in range(samples_per_task)]
         check_generated(names, generated, reference)
@@ -311,6 +313,7 @@ def evaluate_tasks(
             "seen_tasks": len(seen),
             "sampler": sampler,
             "steps": steps,
+            "eta": eta,
             "seed": seed,
             "accuracy": "fraction of the task's binary test split (digits test images)",
             "majority_baseline": "always predict the majority class of the task's training labels",
