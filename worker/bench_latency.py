@@ -1,0 +1,82 @@
+"""Latency breakdown of small jobs through a real `rpg worker` on the embedded Redis.
+
+    python -m worker.bench_latency BUNDLE [--data-dir DIR] [--jobs 3] [--steps 50]
+
+Starts `rpg worker` as a subprocess (one torch thread), waits until it heart-beats, then
+enqueues one job at a time and prints the worker's own timings (queue wait, generator load,
+sampling + writing, upload, total) beside the wall time the client saw (enqueue -> done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from models.bundle import read_config
+from worker.queue import GenerationRequest, connect, enqueue, get_job, live_workers
+from worker.redis_embedded import stop_embedded_redis
+from worker.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print one line per job."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--data-dir", type=Path, help="default: a fresh temporary directory")
+    parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps per job")
+    args = parser.parse_args(argv)
+    data = args.data_dir or Path(tempfile.mkdtemp(prefix="rpg-latency-"))
+    name = read_config(args.bundle)["name"]
+    env = {
+        **os.environ,
+        "RPG_DATA_DIR": str(data),
+        "RPG_GENERATORS": str(args.bundle),
+        "RPG_WORKER_CPU_THREADS": "1",
+    }
+    env.pop("RPG_REDIS_URL", None)
+    settings = Settings(data_dir=data, redis_url=None)
+    connection = connect(settings)
+    started = time.perf_counter()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--device", "cpu"], env=env
+    )
+    try:
+        while not live_workers(connection, settings=settings):
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.returncode}")
+            time.sleep(0.02)
+        print(
+            f"worker start -> ready (imports, generator load): {time.perf_counter() - started:.2f} s"
+        )
+        for index in range(args.jobs):
+            request = GenerationRequest(
+                architecture=name, seed=index, sampler="ddim", steps=args.steps
+            )
+            begin = time.perf_counter()
+            job_id = enqueue(connection, request, settings=settings)
+            while True:
+                view = get_job(connection, job_id, settings=settings)
+                if view is not None and view.status.value not in ("queued", "running"):
+                    break
+                time.sleep(0.005)
+            wall = time.perf_counter() - begin
+            timings = json.dumps((view.result or {}).get("timings"))
+            print(
+                f"job {index}: {view.status.value}, client wall {wall:.3f} s, worker timings {timings}"
+            )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        stop_embedded_redis(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
