@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from models.fileio import atomic_write
+from models.fileio import atomic_write, save_safetensors
 
 BUNDLE_FORMAT = "rpg-generator"
 BUNDLE_VERSION = 1
@@ -106,9 +106,7 @@ def write_bundle(directory: Path, config: dict[str, Any], weights: dict[str, Ten
     directory.mkdir(parents=True, exist_ok=True)
     full = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **config}
     tensors = {name: t.detach().contiguous().cpu() for name, t in weights.items()}
-    atomic_write(
-        directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"})
-    )
+    save_safetensors(tensors, directory / WEIGHTS_NAME, {"format": "pt"})
     atomic_write(
         directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(full, indent=2) + "\n")
     )

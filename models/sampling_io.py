@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
-from models.fileio import atomic_write
+from models.fileio import save_safetensors
 from models.generator import DTYPES, Generator
 
 
@@ -84,7 +83,7 @@ def save_state_dict(
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata_copy = dict(metadata)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata_copy))
+    save_safetensors(tensors, path, metadata_copy)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.config import PRESETS, BackboneConfig, DenoiserConfig, RPGConfig, preset_for
 from models.ema import EMA
-from models.fileio import atomic_write
+from models.fileio import save_safetensors
 from models.generator import Generator
 from models.rpg import RPGModel
 from models.tokenizer import Granularity, ParameterTokenizer
@@ -334,9 +334,7 @@ def _save(
             tensors[f"ema.{name}"] = value.detach().cpu().contiguous()
     tensors["rng_state"] = rng.get_state()
     record = json.dumps({"step": step, "losses": losses, "optimizer": meta})
-    atomic_write(
-        out / STATE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"training_state": record})
-    )
+    save_safetensors(tensors, out / STATE_FILE, {"training_state": record})
     generator.config["training"].update(
         {
             "completed_steps": step,

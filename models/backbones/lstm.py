@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from models.backbones.blocks import BackboneStack, CommonOptions, ResidualBlock, make_norm
@@ -19,7 +20,16 @@ class LSTMMixer(nn.Module):
         self.lstm = nn.LSTM(d_model, d_model, num_layers=1, batch_first=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Run the LSTM from a zero state; return the hidden state at every step."""
+        """Run the LSTM from a zero state; return the hidden state at every step.
+
+        Under CPU autocast the LSTM runs in float32: oneDNN has no reduced-precision LSTM on
+        CPUs without native bf16 (it raises "could not create a primitive descriptor"), and
+        one precision on every CPU keeps results the same from host to host.
+        """
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.lstm(x.float())
+            return out
         out, _ = self.lstm(x)
         return out
 

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from models.fileio import atomic_write, atomic_write_text
+from models.fileio import atomic_write_text, save_safetensors
 
 __all__ = [
     "ZOO_FILE",
@@ -216,7 +216,7 @@ def write_state_dict(
     """Write a state dict as safetensors through a temp file + rename (never half-written)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     meta = {"format": "pt", **(metadata or {})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    save_safetensors(tensors, path, meta)
 
 
 def _looks_like_zoo(path: Path) -> bool:
