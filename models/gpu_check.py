@@ -9,8 +9,9 @@ On one machine, in a few minutes, it:
 4. compares the device against the CPU: the same bundle, loaded on both, denoises the *same*
    initial noise with DDIM (eta = 0, so nothing else is random) in strict float32 (TF32 off),
    and the decoded weights (`--weight-tol`, relative to the largest weight) and the
-   accuracies of the resulting models (`--acc-tol`) must agree. Same-seed `Generator.sample` calls cannot be compared across
-   devices: CUDA and CPU random streams differ, so the noise is drawn once on the CPU here.
+   accuracies of the resulting models (`--acc-tol`) must agree. Same-seed `Generator.sample`
+   calls cannot be compared across devices: CUDA and CPU random streams differ, so the noise
+   is drawn once on the CPU here.
 
 Progress goes to stdout as plain lines; the last line is a JSON summary. Exit status: 0 when the
 comparison passes, 1 when it does not, 2 when the device cannot be used. `--device cpu` runs the

@@ -80,10 +80,8 @@ def save_state_dict(
     path: Path, state_dict: Mapping[str, Tensor], metadata: dict[str, str]
 ) -> WrittenFile:
     """Atomically write one state dict (temp name + fsync + rename) and hash it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    metadata_copy = dict(metadata)
-    save_safetensors(tensors, path, metadata_copy)
+    save_safetensors(tensors, path, metadata)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -214,9 +214,9 @@ def evaluate_tasks(
     """The task report of ``generator`` on ``zoo`` (JSON-safe; accuracies are fractions).
 
     Every held-out task and ``seen_tasks`` training tasks (a sample seeded by ``seed``) get
-    ``samples_per_task`` generated models each (``eta``: DDIM noise, 0 = deterministic). Keys: ``tasks`` (``heldout`` and ``seen``, each
-    with ``n_tasks``, ``generated_mean`` / ``_median`` / ``_min`` / ``_max``,
-    ``generated_balanced_mean``, ``trained_mean`` / ``_min`` / ``_balanced_mean``,
+    ``samples_per_task`` generated models each (``eta``: DDIM noise, 0 = deterministic).
+    Keys: ``tasks`` (``heldout`` and ``seen``, each with ``n_tasks``, ``generated_mean`` /
+    ``_median`` / ``_min`` / ``_max``, ``generated_balanced_mean``, ``trained_mean`` / ``_min`` / ``_balanced_mean``,
     ``majority_baseline_mean``, ``nearest_task_mean``, ``gap``, ``per_task``), ``settings``,
     ``zoo_path``, ``generator``, ``num_test``.
     """
