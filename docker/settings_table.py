@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere, installed or not
 from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
-from worker.settings import Settings  # noqa: E402
+from service.settings import GatewaySettings as Settings  # noqa: E402  (a superset of the worker's)
 
 # Meanings of the fields that have no `description=` in worker/settings.py (a description
 # there wins; tests check that every name here is a real field).

@@ -3,9 +3,30 @@
 Public surface: `ParameterTokenizer` (state dict <-> tokens), `Generator` (a trained RPG model
 with its tokenizer and config; `from_pretrained`, `save_pretrained`, `sample`). Training,
 zoos and evaluation live in `models.training`, `models.zoo`, `models.evaluation`.
+
+The names are imported on first use, so torch-free modules of this package (such as
+`models.request_check`) load without importing torch.
 """
 
-from models.generator import ConditionError, Generator
-from models.tokenizer import ParameterTokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.generator import ConditionError, Generator
+    from models.tokenizer import ParameterTokenizer
 
 __all__ = ["ConditionError", "Generator", "ParameterTokenizer"]
+
+_HOMES = {
+    "ConditionError": "models.generator",
+    "Generator": "models.generator",
+    "ParameterTokenizer": "models.tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import PRESETS
+from models.request_check import SAMPLERS
 
 
 def register(subparsers: Any) -> None:
@@ -82,9 +83,13 @@ def register(subparsers: Any) -> None:
     )
     sample.add_argument("-n", "--num-samples", type=int, default=1)
     sample.add_argument("--seed", type=int, help="seed (default: random, printed)")
-    sample.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     sample.add_argument(
-        "--steps", type=int, default=50, help="DDIM steps (DDPM always uses all timesteps)"
+        "--sampler", choices=SAMPLERS, help="default: the bundle's (config.json defaults)"
+    )
+    sample.add_argument(
+        "--steps",
+        type=int,
+        help="sampler steps (default: the bundle's; DDPM always runs all timesteps)",
     )
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     sample.add_argument(
@@ -135,7 +140,9 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import secrets
 
+    from models.bundle import BundleError, read_config, resolve_bundle
     from models.generator import Generator
+    from models.request_check import check_request
     from models.sampling_io import write_samples
     from models.training import pick_device
 
@@ -146,32 +153,46 @@ def _sample(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             print(f"--condition is not valid JSON: {exc}", file=sys.stderr)
             return 2
+    try:
+        config = read_config(resolve_bundle(args.bundle))
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    positive = condition.get("positive_classes") if isinstance(condition, dict) else None
+    checked, errors = check_request(
+        config,
+        task_embedding=None if isinstance(condition, dict) else condition,
+        positive_classes=positive,
+        num_samples=args.num_samples,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+    )
+    if checked is None:
+        for error in errors:
+            print(f"error: {error.field}: {error.message}", file=sys.stderr)
+        return 2
     generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     started = time.perf_counter()
-    try:
-        samples = generator.sample(
-            args.num_samples,
-            condition=condition,
-            seed=seed,
-            sampler=args.sampler,
-            steps=args.steps,
-            eta=args.eta,
-            dtype=args.dtype,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    samples = generator.sample(
+        checked.num_samples,
+        condition=checked.task_embedding,
+        seed=seed,
+        sampler=checked.sampler,
+        steps=checked.steps,
+        eta=checked.eta,
+        dtype=args.dtype,
+    )
     seconds = time.perf_counter() - started
-    steps = generator.model.config.diffusion.num_timesteps if args.sampler == "ddpm" else args.steps
     paths = write_samples(
         samples,
         args.out,
         generator=generator,
         seed=seed,
-        sampler=args.sampler,
-        steps=steps,
-        condition=generator.make_condition(condition),
+        sampler=checked.sampler,
+        steps=checked.steps,
+        condition=checked.task_embedding,
     )
     for path in paths:
         print(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
 from models.config import RPGConfig
+from models.request_check import check_condition
 from models.rpg import RPGModel
 from models.tokenizer import ParameterTokenizer
 
@@ -33,6 +34,10 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+
+
+class SamplingStopped(Exception):
+    """`Generator.sample` stopped early because its `should_stop()` returned True."""
 
 
 class ConditionError(ValueError):
@@ -136,55 +141,24 @@ class Generator:
     def make_condition(self, condition: Any) -> Tensor | None:
         """Check a condition against the spec and return it as a float32 (dim,) tensor.
 
-        Accepts a list/tensor of `dim` finite floats, or `{"positive_classes": [...]}` mapped
-        through the spec's labels into a 0/1 mask.
+        Accepts a list/tensor of `dim` finite floats, or `{"positive_classes": [...]}` (class
+        labels) mapped through the spec's labels into a 0/1 mask. The rules are
+        `models.request_check`'s, the same the gateway and the worker apply.
         """
-        spec = self.condition_spec
-        if spec.get("kind") != "vector":
-            if condition is not None:
-                raise ConditionError(
-                    f"generator {self.name!r} is unconditional; do not pass a condition"
-                )
-            return None
-        dim = int(spec["dim"])
-        if condition is None:
-            raise ConditionError(
-                f"generator {self.name!r} is conditional: pass a task embedding of {dim} values"
-                + (f" (labels {spec['labels']})" if spec.get("labels") else "")
-            )
+        positive = None
+        embedding = condition
         if isinstance(condition, dict):
-            condition = self.mask_from_classes(condition.get("positive_classes"))
-        values = torch.as_tensor(condition, dtype=torch.float64).flatten()
-        if values.numel() != dim:
-            raise ConditionError(
-                f"task_embedding has {values.numel()} values; generator {self.name!r} expects {dim}"
-            )
-        if not torch.isfinite(values).all():
-            raise ConditionError("task_embedding must contain only finite numbers (no NaN or inf)")
-        return values.float()
-
-    def mask_from_classes(self, positive: Sequence[Any] | None) -> list[float]:
-        """`["0", "3"]` (labels, or their indices) -> a 0/1 mask over the spec's labels."""
-        labels = [str(label) for label in self.condition_spec.get("labels") or []]
-        if not labels:
-            raise ConditionError(
-                f"generator {self.name!r} has no class labels; pass task_embedding instead"
-            )
-        if not positive:
-            raise ConditionError("task.positive_classes must list at least one class")
-        mask = [0.0] * len(labels)
-        for item in positive:
-            key = str(item)
-            if key not in labels:
-                raise ConditionError(
-                    f"unknown class {item!r}; this generator's classes are {labels}"
-                )
-            mask[labels.index(key)] = 1.0
-        if all(mask):
-            raise ConditionError(
-                "task.positive_classes lists every class; a binary task needs a negative class"
-            )
-        return mask
+            positive, embedding = list(condition.get("positive_classes") or []), None
+        elif isinstance(condition, Tensor):
+            embedding = condition.detach().double().flatten().tolist()
+        elif condition is not None:
+            embedding = [
+                float(v) for v in torch.as_tensor(condition, dtype=torch.float64).flatten()
+            ]
+        values, errors = check_condition(self.config, embedding, positive)
+        if errors:
+            raise ConditionError("; ".join(f"{e.field}: {e.message}" for e in errors))
+        return None if values is None else torch.tensor(values, dtype=torch.float32)
 
     # ------------------------------------------------------------------ sampling
     def sample(
@@ -201,6 +175,8 @@ class Generator:
         chunk_size: int = 1024,
         progress: ProgressCallback | None = None,
         start_index: int = 0,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> list[dict[str, Tensor]]:
         """Generate `num_samples` state dicts of the target architecture.
 
@@ -240,6 +216,10 @@ class Generator:
                 batch_cond = None if cond is None else cond.to(device).unsqueeze(0)  # (1, dim)
 
                 def on_chunk(done: int, total: int, index: int = index) -> None:
+                    if should_stop is not None and should_stop():
+                        raise SamplingStopped("sampling stopped: should_stop() returned True")
+                    if on_progress is not None:
+                        on_progress((index + done / total) / num_samples)
                     if progress is not None:
                         progress(index + done / total, num_samples)
 

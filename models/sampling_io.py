@@ -101,13 +101,11 @@ def write_samples(
     condition: Any = None,
     job_id: str | None = None,
     dtype: str | None = None,
-    start_index: int = 0,
 ) -> list[Path]:
     """Write `sample_000.safetensors`, ... into `out`; returns their paths."""
     directory = Path(out)
     paths = []
-    for offset, state_dict in enumerate(samples):
-        index = start_index + offset
+    for index, state_dict in enumerate(samples):
         meta = sample_metadata(
             generator,
             seed=seed,

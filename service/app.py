@@ -11,8 +11,9 @@ from service.metrics import MetricsMiddleware
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
 from service.routes import architectures, files, generate, health, jobs
+from service.settings import GatewaySettings
 from service.state import build_gateway
-from worker.settings import Settings
+from worker.queue.reaper import ReaperLoop
 
 __all__ = ["create_app"]
 
@@ -28,13 +29,17 @@ Errors are `application/problem+json`. With API keys configured, send
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: GatewaySettings) -> FastAPI:
     """The gateway app for ``settings``; raises on bad configuration (bundles, key hashes)."""
     gateway = build_gateway(settings)
 
+    reaper = ReaperLoop(gateway.redis, settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper.start()
         yield
+        reaper.stop()
         gateway.close()
 
     app = FastAPI(

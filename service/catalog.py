@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from models.request_check import SamplerName, default_sampling, num_timesteps
 
 __all__ = ["Catalog", "GeneratorInfo"]
 
@@ -38,25 +40,23 @@ class GeneratorInfo:
     config: Mapping[str, Any]
     num_parameters: int | None
     condition: dict[str, Any]
-    default_sampler: Literal["ddim", "ddpm"]
+    default_sampler: SamplerName
     default_steps: int
-    num_timesteps: int | None
+    num_timesteps: int
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> GeneratorInfo:
         """Read the fields from a bundle's config.json dict."""
         condition = dict(config.get("condition") or {"kind": "none"})
-        defaults = config.get("defaults") or {}
-        diffusion = (config.get("model") or {}).get("diffusion") or {}
-        timesteps = diffusion.get("num_timesteps")
+        sampler, steps = default_sampling(config)
         return cls(
             name=name,
             config=config,
             num_parameters=_count_parameters(config),
             condition=condition,
-            default_sampler="ddpm" if defaults.get("sampler") == "ddpm" else "ddim",
-            default_steps=int(defaults.get("steps") or 50),
-            num_timesteps=int(timesteps) if timesteps is not None else None,
+            default_sampler=sampler,
+            default_steps=steps,
+            num_timesteps=num_timesteps(config),
         )
 
     @property

@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from worker.settings import Settings
+    from service.settings import GatewaySettings
 
     overrides = {
         "host": args.host,
@@ -62,7 +62,9 @@ def _serve(args: argparse.Namespace) -> int:
         "generators": args.generators,
         "data_dir": args.data_dir,
     }
-    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+    settings = GatewaySettings(
+        **{name: value for name, value in overrides.items() if value is not None}
+    )
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
     app = create_app(settings)
     gateway = app.state.gateway

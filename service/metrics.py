@@ -6,8 +6,8 @@
   label space. Paths that match no route are ``route="unmatched"``.
 - ``rpg_jobs_finished_total{status}``, ``rpg_job_duration_seconds{status}`` (created to
   finished: what a client waits) and ``rpg_job_run_seconds{status}`` (started to finished):
-  recorded when a gateway first sees a job finished (on a poll or a cancel). A Redis marker
-  per job makes that once per job across all gateway replicas, so summing replicas is right.
+  counted in Redis where a job ends (worker, reaper, cancel; `worker.queue.stats`) and read
+  at scrape time, so every replica reports the same deployment-wide totals (do not sum them).
 - ``rpg_queue_depth``, ``rpg_live_workers``, ``rpg_redis_up``: read from Redis at scrape time.
 
 Each app has its own `CollectorRegistry`, so several apps (tests) never collide.
@@ -18,43 +18,38 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
-from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.queue.stats import JobStats
 
 __all__ = ["GatewayMetrics", "MetricsMiddleware"]
 
 logger = logging.getLogger("rpg.gateway")
 
 _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_JOB_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
-FINISHED = ("succeeded", "failed", "canceled")
-
-
-def _parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+QueueState = tuple[int, int, JobStats]  # (queued jobs, live workers, finished-job stats)
 
 
 class _QueueCollector(Collector):
-    """Queue depth and live workers, read from Redis on each scrape."""
+    """Queue depth, live workers and finished-job statistics, read from Redis on each scrape."""
 
-    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, read: Callable[[], QueueState]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("rpg_redis_up", "1 if the gateway reached Redis on this scrape")
         try:
-            depth, workers = self._read()
+            depth, workers, stats = self._read()
         except (redis.RedisError, OSError) as exc:
             logger.warning("metrics: cannot read queue state: %s", exc)
             up.add_metric([], 0.0)
@@ -68,15 +63,35 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily(
             "rpg_live_workers", "workers with a fresh heartbeat", value=float(workers)
         )
+        yield from _job_families(stats)
 
     def describe(self) -> Iterator[Metric]:  # no Redis call when registering
         return iter(())
 
 
+def _job_families(stats: JobStats) -> Iterator[Metric]:
+    finished = CounterMetricFamily(
+        "rpg_jobs_finished", "jobs that reached a final status", labels=["status"]
+    )
+    for status, count in sorted(stats.finished.items()):
+        finished.add_metric([status], float(count))
+    yield finished
+    for kind, name, text in (
+        ("duration", "rpg_job_duration_seconds", "job time from submission to finish"),
+        ("run", "rpg_job_run_seconds", "job time from start on a worker to finish"),
+    ):
+        family = HistogramMetricFamily(name, f"{text}, by final status", labels=["status"])
+        for status, histogram in stats.histograms.get(kind, {}).items():
+            buckets = [(str(float(bound)), float(n)) for bound, n in histogram.buckets]
+            buckets.append(("+Inf", float(histogram.count)))
+            family.add_metric([status], buckets, sum_value=histogram.total)
+        yield family
+
+
 class GatewayMetrics:
     """The gateway's metrics and how to record them."""
 
-    def __init__(self, read_queue_state: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, read_queue_state: Callable[[], QueueState]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "rpg_http_requests",
@@ -91,26 +106,6 @@ class GatewayMetrics:
             buckets=_REQUEST_BUCKETS,
             registry=self.registry,
         )
-        self.jobs_finished = Counter(
-            "rpg_jobs_finished",
-            "jobs seen finished by the gateway, by final status",
-            ["status"],
-            registry=self.registry,
-        )
-        self.job_duration = Histogram(
-            "rpg_job_duration_seconds",
-            "job time from submission to finish, by final status",
-            ["status"],
-            buckets=_JOB_BUCKETS,
-            registry=self.registry,
-        )
-        self.job_run = Histogram(
-            "rpg_job_run_seconds",
-            "job time from start on a worker to finish, by final status",
-            ["status"],
-            buckets=_JOB_BUCKETS,
-            registry=self.registry,
-        )
         self.registry.register(_QueueCollector(read_queue_state))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -118,23 +113,6 @@ class GatewayMetrics:
         labels = (method, route, str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
-
-    def observe_job(self, client: redis.Redis, job: dict[str, Any], *, ttl_s: int) -> None:
-        """Record a job's durations the first time any gateway sees it finished."""
-        status = str(job.get("status"))
-        if status not in FINISHED:
-            return
-        marker = f"rpg:metrics:observed:{job.get('id')}"
-        if not client.set(marker, "1", nx=True, ex=ttl_s):
-            return
-        self.jobs_finished.labels(status).inc()
-        finished = _parse_time(job.get("finished_at"))
-        created = _parse_time(job.get("created_at"))
-        started = _parse_time(job.get("started_at"))
-        if finished is not None and created is not None:
-            self.job_duration.labels(status).observe(max(0.0, finished - created))
-        if finished is not None and started is not None:
-            self.job_run.labels(status).observe(max(0.0, finished - started))
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

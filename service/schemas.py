@@ -14,6 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.types import FiniteFloat
 
+from models.request_check import SamplerName
+from worker.requests import OutputDtype
+
 __all__ = [
     "ArchitectureList",
     "ArchitecturePublic",
@@ -29,8 +32,6 @@ __all__ = [
 ]
 
 MAX_SEED = 2**63 - 1
-Sampler = Literal["ddim", "ddpm"]
-OutputDtype = Literal["float32", "float16", "bfloat16"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
@@ -44,7 +45,8 @@ class TaskSpec(_Strict):
     positive_classes: list[str | int] = Field(
         min_length=1,
         max_length=4096,
-        description="class labels (or their indices) that count as positive; the rest are negative",
+        description="class labels (GET /architectures: condition.labels) that count as positive; the "
+        'rest are negative. A number names the label with that text (3 -> "3"), not a position',
     )
 
 
@@ -77,7 +79,7 @@ class GenerateRequest(_Strict):
         le=MAX_SEED,
         description="random seed; omitted = a random one, returned in the job so it can be replayed",
     )
-    sampler: Sampler | None = Field(
+    sampler: SamplerName | None = Field(
         default=None, description="'ddim' or 'ddpm'; omitted = the generator's default"
     )
     steps: int | None = Field(

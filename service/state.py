@@ -1,4 +1,4 @@
-"""`Gateway`: everything a gateway process builds once from `Settings` and shares per request."""
+"""`Gateway`: everything a gateway process builds once from `GatewaySettings` and shares per request."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from redis.retry import Retry
 from service.auth import ApiKeyring
 from service.catalog import Catalog
 from service.idempotency import IdempotencyStore
-from service.metrics import GatewayMetrics
+from service.metrics import GatewayMetrics, QueueState
 from service.ratelimit import RateLimiter
-from worker.queue import connect, live_workers, queue_depth
+from service.settings import GatewaySettings
+from worker.queue import connect, live_workers, queue_depth, read_job_stats
 from worker.registry import load_generator_configs
-from worker.settings import Settings
 from worker.storage import Storage, make_storage
 
 __all__ = ["Gateway", "build_gateway"]
@@ -29,7 +29,7 @@ PROBE_TIMEOUT_S = 1.0
 class Gateway:
     """The gateway's long-lived objects (one per process)."""
 
-    settings: Settings
+    settings: GatewaySettings
     redis: Redis
     probe: Redis  # fails fast (no retries, short timeouts): /readyz and /metrics
     catalog: Catalog
@@ -42,7 +42,8 @@ class Gateway:
 
     def queue_state(self) -> tuple[int, int]:
         """(queued jobs, live workers), read through the fast-failing client."""
-        return _queue_state(self.probe, self.settings)
+        depth, workers, _ = _queue_state(self.probe, self.settings)
+        return depth, workers
 
     def close(self) -> None:
         """Release Redis connections."""
@@ -50,8 +51,12 @@ class Gateway:
         self.redis.close()
 
 
-def _queue_state(probe: redis.Redis, settings: Settings) -> tuple[int, int]:
-    return queue_depth(probe), len(live_workers(probe, settings=settings))
+def _queue_state(probe: redis.Redis, settings: GatewaySettings) -> QueueState:
+    return (
+        queue_depth(probe),
+        len(live_workers(probe, settings=settings)),
+        read_job_stats(probe),
+    )
 
 
 def _probe_client(client: redis.Redis) -> redis.Redis:
@@ -68,7 +73,7 @@ def _probe_client(client: redis.Redis) -> redis.Redis:
     )
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: GatewaySettings) -> Gateway:
     """Connect to Redis, read the generator configs and the keys, make the storage backend.
 
     Raises on bad configuration (unreadable bundles, malformed key hashes) so a

@@ -1,27 +1,25 @@
-"""From a parsed `GenerateRequest` to the queued `GenerationRequest`, or a 422 problem.
+"""From a parsed `GenerateRequest` to the queued `JobRequest`, or a 422 problem.
 
-Checks what the schema cannot know: that the architecture is served, the task embedding's
-presence and dimension for that generator, the deployment's limits. Fills in the defaults
-(the generator's sampler and steps, a random seed) so the queued request replays exactly.
-With ``sampler="ddpm"`` the generator's full schedule (``num_timesteps``) is used and
-``steps`` is ignored: DDPM cannot skip steps.
+The schema (`service.schemas`) checks types and fixed ranges; what depends on the generator
+or the deployment (the architecture is served, the task embedding's presence and dimension,
+class names, limits, DDPM's full schedule) is `models.request_check.check_request`, the same
+check the worker and `rpg sample` run. A random seed is drawn here, so the queued request
+replays exactly.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 
-from pydantic import ValidationError
-
-from service.catalog import Catalog, GeneratorInfo
+from models.request_check import FieldError as CheckError
+from models.request_check import check_request
+from service.catalog import Catalog
 from service.problems import FieldError, ProblemError, summarize
-from service.schemas import GenerateRequest, TaskSpec
-from worker.errors import InvalidRequest
-from worker.queue import GenerationRequest, check_request
-from worker.settings import Settings
+from service.schemas import GenerateRequest
+from service.settings import GatewaySettings
+from worker.requests import JobRequest, request_limits
 
-__all__ = ["invalid_request", "to_generation_request"]
+__all__ = ["invalid_request", "to_job_request"]
 
 
 def _error(field: str, message: str) -> FieldError:
@@ -42,83 +40,17 @@ def invalid_request(errors: list[FieldError]) -> ProblemError:
     )
 
 
-def _mask_from_classes(
-    task: TaskSpec, info: GeneratorInfo, errors: list[FieldError]
-) -> list[float] | None:
-    """``{"positive_classes": ["0", "3"]}`` -> a 0/1 vector over the generator's labels."""
-    labels = info.labels
-    if not labels:
-        errors.append(
-            _error("task", f"generator {info.name!r} has no class labels; pass task_embedding")
-        )
-        return None
-    mask = [0.0] * len(labels)
-    for index, item in enumerate(task.positive_classes):
-        key = str(item)
-        if key not in labels:
-            errors.append(
-                _error(
-                    f"task.positive_classes[{index}]",
-                    f"unknown class {item!r}; generator {info.name!r} has classes {labels}",
-                )
-            )
-            continue
-        mask[labels.index(key)] = 1.0
-    if all(mask):
-        errors.append(
-            _error(
-                "task.positive_classes",
-                "lists every class; a binary task needs at least one negative class",
-            )
-        )
-    return mask
+def _public(errors: list[CheckError]) -> list[FieldError]:
+    return [_error(e.field, e.message) for e in errors]
 
 
-def _condition(
-    body: GenerateRequest, info: GeneratorInfo, errors: list[FieldError]
-) -> list[float] | None:
-    if body.task is not None and body.task_embedding is not None:
-        errors.append(_error("task", "pass either task or task_embedding, not both"))
-        return None
-    if not info.is_conditional:
-        for name, value in (("task_embedding", body.task_embedding), ("task", body.task)):
-            if value is not None:
-                errors.append(
-                    _error(name, f"generator {info.name!r} is unconditional; remove this field")
-                )
-        return None
-    dim = info.condition_dim
-    if body.task is not None:
-        return _mask_from_classes(body.task, info, errors)
-    if body.task_embedding is None:
-        labels = f" or task.positive_classes from {info.labels}" if info.labels else ""
-        errors.append(
-            _error(
-                "task_embedding",
-                f"required: generator {info.name!r} is conditional; pass {dim} numbers{labels}",
-            )
-        )
-        return None
-    values = [float(v) for v in body.task_embedding]
-    if dim is not None and len(values) != dim:
-        errors.append(
-            _error(
-                "task_embedding",
-                f"has {len(values)} values; generator {info.name!r} expects {dim}",
-            )
-        )
-    if not all(math.isfinite(v) for v in values):  # the schema already refuses; belt and braces
-        errors.append(_error("task_embedding", "must contain only finite numbers"))
-    return values
-
-
-def to_generation_request(
+def to_job_request(
     body: GenerateRequest,
     *,
     catalog: Catalog,
-    settings: Settings,
+    settings: GatewaySettings,
     owner: str | None,
-) -> GenerationRequest:
+) -> JobRequest:
     """Validate ``body`` for this deployment and return the request to enqueue.
 
     Raises `ProblemError` (422) listing every problem found, each with its field path.
@@ -134,57 +66,26 @@ def to_generation_request(
         raise invalid_request(
             [_error("architecture", f"unknown architecture {body.architecture!r}; {hint}")]
         )
-
-    errors: list[FieldError] = []
-    embedding = _condition(body, info, errors)
-    if body.num_samples > settings.max_num_samples:
-        errors.append(
-            _error(
-                "num_samples",
-                f"is {body.num_samples}; this deployment allows at most "
-                f"{settings.max_num_samples} per request (send several requests)",
-            )
-        )
-    sampler = body.sampler or info.default_sampler
-    if sampler == "ddpm":
-        steps = info.num_timesteps or settings.max_steps
-        if steps > settings.max_steps:
-            errors.append(
-                _error(
-                    "sampler",
-                    f"'ddpm' always runs all {steps} timesteps of {info.name!r}, above this "
-                    f"deployment's limit of {settings.max_steps} steps; use 'ddim' with fewer steps",
-                )
-            )
-        if body.eta != 0.0:
-            errors.append(_error("eta", "applies to the ddim sampler only; remove it for ddpm"))
-    else:
-        steps = body.steps if body.steps is not None else info.default_steps
-        limit = min(settings.max_steps, info.num_timesteps or settings.max_steps)
-        if steps > limit:
-            errors.append(
-                _error(
-                    "steps",
-                    f"is {steps}; at most {limit} for generator {info.name!r} on this deployment",
-                )
-            )
-    if errors:
-        raise invalid_request(errors)
-
-    try:
-        request = GenerationRequest(
-            architecture=info.name,
-            task_embedding=embedding,
-            num_samples=body.num_samples,
-            seed=body.seed if body.seed is not None else secrets.randbits(63),
-            sampler=sampler,
-            steps=steps,
-            eta=body.eta,
-            dtype=body.dtype,
-            owner=owner,
-        )
-        # The worker's own check (the job repeats it); our checks above should catch all of it.
-        check_request(request, dict(info.config), settings=settings)
-    except (InvalidRequest, ValidationError) as exc:
-        raise invalid_request([_error("(body)", str(exc))]) from None
-    return request
+    checked, errors = check_request(
+        info.config,
+        task_embedding=body.task_embedding,
+        positive_classes=body.task.positive_classes if body.task is not None else None,
+        num_samples=body.num_samples,
+        sampler=body.sampler,
+        steps=body.steps,
+        eta=body.eta,
+        limits=request_limits(settings),
+    )
+    if checked is None:
+        raise invalid_request(_public(errors))
+    return JobRequest(
+        architecture=info.name,  # the wire name of JobRequest.generator
+        task_embedding=checked.task_embedding,
+        num_samples=checked.num_samples,
+        seed=body.seed if body.seed is not None else secrets.randbits(63),
+        sampler=checked.sampler,
+        steps=checked.steps,
+        eta=checked.eta,
+        dtype=body.dtype,
+        owner=owner,
+    )

@@ -27,7 +27,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from service.cli import build_parser
-from worker.settings import Settings
+from service.settings import GatewaySettings as Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {
@@ -390,7 +390,7 @@ def test_every_rpg_variable_is_a_setting(compose: dict[str, Any]) -> None:
     for service in compose["services"].values():
         named |= {key for key in service_env(service) if key.startswith("RPG_")}
     unknown = sorted(named - SETTINGS_VARIABLES)
-    assert not unknown, f"not fields of worker.settings.Settings: {unknown}"
+    assert not unknown, f"not fields of service.settings.GatewaySettings: {unknown}"
     assert len(named) >= 10
 
 
@@ -582,7 +582,7 @@ def test_worker_healthcheck_follows_the_heartbeat(
 ) -> None:
     import redis
 
-    from worker.queue import WORKERS_KEY, worker_key
+    from worker.queue.keys import WORKERS_KEY, worker_key
     from worker.runtime import Heartbeat
 
     healthcheck = _load_script("healthcheck")

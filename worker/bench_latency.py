@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from models.bundle import read_config
-from worker.queue import GenerationRequest, connect, enqueue, get_job, live_workers
+from worker.queue import JobRequest, connect, enqueue, get_job, live_workers
 from worker.redis_embedded import stop_embedded_redis
 from worker.settings import Settings
 
@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             f"worker start -> ready (imports, generator load): {time.perf_counter() - started:.2f} s"
         )
         for index in range(args.jobs):
-            request = GenerationRequest(
-                architecture=name, seed=index, sampler="ddim", steps=args.steps
-            )
+            request = JobRequest(architecture=name, seed=index, sampler="ddim", steps=args.steps)
             begin = time.perf_counter()
             job_id = enqueue(connection, request, settings=settings)
             while True:

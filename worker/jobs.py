@@ -1,24 +1,25 @@
-"""The generation job: what a worker runs for one `GenerationRequest`.
+"""The generation job: what a worker runs for one `JobRequest`.
 
-RQ calls `run_generation(request=<dict>)` (referenced by its import path, JSON arguments) in
-the worker process, where `worker.runtime` has installed a `WorkerContext` holding the warm
-generators, the storage backend and the settings. `execute` is the job itself:
+RQ calls `run_generation(request=<dict>)` (by import path, JSON arguments) in the worker
+process, where `worker.runtime` has installed a `WorkerContext` holding the warm generators,
+the storage backend and the settings. `execute` runs the phases a reader would name:
 
-1. validate the request again (the job may have been queued by an older gateway);
-2. sample (compute precision `settings.worker_precision`, `settings.chunk_size` tokens per
-   denoiser call); between chunks, publish progress (throttled) and stop on a cancel flag or
-   on the job's deadline;
-3. write each sample to `<data_dir>/tmp/job-*/sample_NNN.safetensors` (temp name + rename,
-   sha256, provenance metadata, floats cast to the request's `dtype`);
+1. validate the request again (it may have been queued by an older gateway);
+2. sample: `Generator.sample` checks `should_stop()` (cancel flag, deadline) and reports
+   `on_progress()` at every denoiser step;
+3. write each sample to a scratch directory (temp name + rename, sha256, provenance
+   metadata, floats cast to the request's `dtype`);
 4. upload all files in one `put_many` (one commit on the hub) and return the manifest.
 
 Temp files are removed whatever happens. A failure records `{"type", "message"}` in
-`job.meta["error"]` before RQ marks the job failed.
+`job.meta["error"]` before RQ marks the job failed. A Redis outage while sampling does not
+stop the job: progress and cancel checks are skipped until Redis answers again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -26,27 +27,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis as redis_lib
 from pydantic import ValidationError
 from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from worker.errors import InvalidRequest, JobCanceled, JobTimeout, error_type
-from worker.queue import cancel_key, iso, utc_now
-from worker.requests import GenerationRequest, check_request
+from worker.queue.keys import cancel_key, iso, utc_now
+from worker.queue.stats import record_finished
+from worker.requests import JobRequest, check_job_request
 
 if TYPE_CHECKING:
-    import redis
-
+    from models.generator import Generator
+    from models.sampling_io import WrittenFile
     from worker.registry import GeneratorCache
     from worker.settings import Settings
     from worker.storage.base import Storage
 
 __all__ = ["WorkerContext", "current_context", "execute", "install_context", "run_generation"]
 
+log = logging.getLogger("rpg.worker")
+
 # Progress shares of the phases (sampling dominates; writing and uploading follow).
 SAMPLING_SHARE = 0.9
 WRITTEN_SHARE = 0.95
+# Least seconds between two reads of the cancel flag (the deadline is checked every call).
+CANCEL_POLL_S = 0.2
 
 
 @dataclass
@@ -56,7 +63,7 @@ class WorkerContext:
     settings: Settings
     cache: GeneratorCache
     storage: Storage
-    connection: redis.Redis
+    connection: redis_lib.Redis
     worker_name: str = "local"
 
 
@@ -87,63 +94,179 @@ def run_generation(request: dict[str, Any]) -> dict[str, Any]:
     return execute(current_context(), job, request)
 
 
-class ProgressReporter:
-    """The sampling callback: publishes progress (throttled, never decreasing), and raises
-    `JobCanceled` / `JobTimeout` to stop the job between chunks."""
+def _timeout_message(seconds: object) -> str:
+    return (
+        f"the job ran longer than its timeout ({seconds} s); ask for fewer samples or steps, "
+        "or raise RPG_JOB_TIMEOUT_S"
+    )
 
-    def __init__(self, context: WorkerContext, job: Job, deadline: float) -> None:
+
+class StopCheck:
+    """`should_stop()` for the sampling loop: the job's deadline, or the client's cancel
+    flag (read at most every `CANCEL_POLL_S`; a Redis error reads as "not canceled")."""
+
+    def __init__(self, connection: redis_lib.Redis, job: Job, deadline: float) -> None:
+        self.connection = connection
         self.job = job
-        self.connection = context.connection
-        self.interval = context.settings.progress_interval_s
         self.deadline = deadline
-        self.timeout_s = job.timeout
+        self.reason: JobCanceled | JobTimeout | None = None
+        self._next_poll = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now > self.deadline:
+            self.reason = JobTimeout(_timeout_message(self.job.timeout))
+        elif now >= self._next_poll:
+            self._next_poll = now + CANCEL_POLL_S
+            try:
+                if self.connection.exists(cancel_key(self.job.id)):
+                    self.reason = JobCanceled("canceled by the client")
+            except redis_lib.RedisError as exc:
+                log.warning("job %s: cannot read its cancel flag (%s); going on", self.job.id, exc)
+        return self.reason is not None
+
+    def raise_if_stopped(self) -> None:
+        """Raise the reason to stop, if there is one now."""
+        if self():
+            assert self.reason is not None
+            raise self.reason
+
+
+class ProgressWriter:
+    """`on_progress(fraction)` for the sampling loop: stores progress in `job.meta`, at most
+    every `interval` seconds, never decreasing; a Redis error skips that write."""
+
+    def __init__(self, job: Job, interval: float) -> None:
+        self.job = job
+        self.interval = interval
         self.published = float(job.meta.get("progress", 0.0))
         self.last_write = 0.0
 
-    def check_stop(self) -> None:
-        """Raise if the client canceled the job or its time is up."""
-        if time.monotonic() > self.deadline:
-            raise JobTimeout(
-                f"the job ran longer than its timeout ({self.timeout_s} s); ask for fewer samples "
-                "or steps, or raise RPG_JOB_TIMEOUT_S"
-            )
-        if self.connection.exists(cancel_key(self.job.id)):
-            raise JobCanceled("canceled by the client")
-
     def publish(self, progress: float, *, force: bool = False) -> None:
-        """Store `progress` in job.meta if it grew and the last write is old enough."""
+        """Store `progress` if it grew and the last write is old enough (or `force`)."""
         now = time.monotonic()
         if progress <= self.published or (not force and now - self.last_write < self.interval):
             return
+        self.job.meta["progress"] = round(progress, 4)
+        try:
+            self.job.save_meta()
+        except redis_lib.RedisError as exc:
+            log.warning("job %s: cannot save progress (%s); going on", self.job.id, exc)
+            return
         self.published = progress
         self.last_write = now
-        self.job.meta["progress"] = round(progress, 4)
-        self.job.save_meta()
 
-    def on_sampling(self, done: float, total: int) -> None:
-        """`Generator.sample`'s progress callback."""
-        self.check_stop()
-        self.publish(SAMPLING_SHARE * done / total)
+    def on_sampling(self, fraction: float) -> None:
+        """`Generator.sample`'s `on_progress`: sampling fills 0..SAMPLING_SHARE."""
+        self.publish(SAMPLING_SHARE * fraction)
 
 
-def _validated(context: WorkerContext, payload: dict[str, Any]) -> GenerationRequest:
+# ---------------------------------------------------------------------------- phases
+def _validated(context: WorkerContext, payload: dict[str, Any]) -> JobRequest:
     try:
-        request = GenerationRequest.model_validate(payload)
+        request = JobRequest.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
             for err in exc.errors()
         )
         raise InvalidRequest(f"invalid generation request: {problems}") from None
-    source = context.cache.sources.get(request.architecture)
+    source = context.cache.sources.get(request.generator)
     if source is None:
         raise InvalidRequest(
-            f"this worker does not serve {request.architecture!r}; it serves {context.cache.names}"
+            f"this worker does not serve {request.generator!r}; it serves {context.cache.names}"
         )
-    check_request(request, source.config, settings=context.settings)
+    check_job_request(request, source.config, settings=context.settings)
     return request
 
 
+def _sample(
+    context: WorkerContext,
+    generator: Generator,
+    request: JobRequest,
+    stop: StopCheck,
+    progress: ProgressWriter,
+) -> list[dict[str, Any]]:
+    from models.generator import SamplingStopped
+
+    try:
+        return generator.sample(
+            request.num_samples,
+            condition=request.task_embedding,
+            seed=request.seed,
+            sampler=request.sampler,
+            steps=request.steps,
+            eta=request.eta,
+            dtype=context.settings.worker_precision,
+            chunk_size=context.settings.chunk_size,
+            should_stop=stop,
+            on_progress=progress.on_sampling,
+        )
+    except SamplingStopped:
+        assert stop.reason is not None
+        raise stop.reason from None
+
+
+def _write(
+    scratch: Path,
+    generator: Generator,
+    request: JobRequest,
+    job_id: str,
+    samples: list[dict[str, Any]],
+) -> list[WrittenFile]:
+    from models.request_check import steps_to_run
+    from models.sampling_io import cast_floats, sample_metadata, save_state_dict
+
+    timesteps = generator.model.config.diffusion.num_timesteps
+    written = []
+    for index, state_dict in enumerate(samples):
+        metadata = sample_metadata(
+            generator,
+            seed=request.seed,
+            sampler=request.sampler,
+            steps=steps_to_run(request.sampler, request.steps, timesteps),
+            index=index,
+            condition=request.task_embedding,
+            job_id=job_id,
+            dtype=request.dtype,
+        )
+        path = scratch / f"sample_{index:03d}.safetensors"
+        written.append(save_state_dict(path, cast_floats(state_dict, request.dtype), metadata))
+    return written
+
+
+def _upload(
+    context: WorkerContext,
+    job_id: str,
+    request: JobRequest,
+    generator: Generator,
+    written: list[WrittenFile],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """(file entries of the manifest, storage version)."""
+    keys = [f"jobs/{job_id}/{item.path.name}" for item in written]
+    put = context.storage.put_many(
+        [(item.path, key) for item, key in zip(written, keys, strict=True)],
+        message=f"RPG job {job_id}: {request.num_samples} x {request.generator}",
+        generation={
+            **request.model_dump(mode="json"),
+            "generator": generator.generator_id,
+            "job_id": job_id,
+        },
+    )
+    files = [
+        {
+            "name": item.path.name,
+            "key": key,
+            "sha256": item.sha256,
+            "size_bytes": item.size_bytes,
+            "num_parameters": item.num_parameters,
+        }
+        for item, key in zip(written, keys, strict=True)
+    ]
+    return files, put.version
+
+
+# ---------------------------------------------------------------------------- bookkeeping
 def _started(job: Job) -> None:
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     job.meta.pop("error", None)
@@ -151,18 +274,27 @@ def _started(job: Job) -> None:
     job.save_meta()
 
 
-def _record_failure(job: Job, exc: BaseException) -> None:
+def _finished(job: Job, connection: redis_lib.Redis, status: str) -> None:
+    now = utc_now()
+    job.meta["finished_at"] = iso(now)
+    job.save_meta()
+    record_finished(
+        connection,
+        status=status,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=now,
+    )
+
+
+def _record_failure(job: Job, connection: redis_lib.Redis, exc: BaseException) -> None:
     kind = error_type(exc)
     message = str(exc) or type(exc).__name__
     if isinstance(exc, JobTimeoutException):  # RQ's alarm; say what to do about it
-        message = (
-            f"the job ran longer than its timeout ({job.timeout} s); ask for fewer samples or "
-            "steps, or raise RPG_JOB_TIMEOUT_S"
-        )
+        message = _timeout_message(job.timeout)
     job.meta["error"] = {"type": kind, "message": message}
-    job.meta["finished_at"] = iso(utc_now())
-    with contextlib.suppress(Exception):  # Redis gone: RQ's own failure record still says why
-        job.save_meta()
+    with contextlib.suppress(redis_lib.RedisError):  # RQ's own failure record still says why
+        _finished(job, connection, "canceled" if kind == "Canceled" else "failed")
 
 
 def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[str, Any]:
@@ -180,90 +312,29 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
     scratch: Path | None = None
     try:
         request = _validated(context, payload)
-        reporter = ProgressReporter(context, job, deadline)
-        reporter.check_stop()
-        generator, load_s = context.cache.get(request.architecture)
-        try:
-            generator.make_condition(request.task_embedding)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-
-        steps = (
-            request.steps
-            if request.sampler == "ddim"
-            else generator.model.config.diffusion.num_timesteps
-        )
-
-        from models.sampling_io import cast_floats, sample_metadata, save_state_dict
+        stop = StopCheck(context.connection, job, deadline)
+        progress = ProgressWriter(job, context.settings.progress_interval_s)
+        stop.raise_if_stopped()
+        generator, load_s = context.cache.get(request.generator)
 
         start = time.perf_counter()
+        samples = _sample(context, generator, request, stop, progress)
         tmp_root = context.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=tmp_root))
-        written = []
-        # One sample at a time, written as soon as it exists: memory stays at one model
-        # whatever num_samples is, and sample i is the same as in any other request with
-        # this seed (Generator.sample's start_index).
-        for index in range(request.num_samples):
-
-            def on_chunk(done: float, total: int, index: int = index) -> None:
-                reporter.on_sampling(index + done / total, request.num_samples)
-
-            (state_dict,) = generator.sample(
-                1,
-                condition=request.task_embedding,
-                seed=request.seed,
-                sampler=request.sampler,
-                steps=request.steps,
-                eta=request.eta,
-                dtype=context.settings.worker_precision,
-                chunk_size=context.settings.chunk_size,
-                progress=on_chunk,
-                start_index=index,
-            )
-            metadata = sample_metadata(
-                generator,
-                seed=request.seed,
-                sampler=request.sampler,
-                steps=steps,
-                index=index,
-                condition=request.task_embedding,
-                job_id=job.id,
-                dtype=request.dtype,
-            )
-            path = scratch / f"sample_{index:03d}.safetensors"
-            written.append(save_state_dict(path, cast_floats(state_dict, request.dtype), metadata))
+        written = _write(scratch, generator, request, job.id, samples)
+        del samples
         sample_s = time.perf_counter() - start
-        reporter.check_stop()
-        reporter.publish(WRITTEN_SHARE, force=True)
+        stop.raise_if_stopped()
+        progress.publish(WRITTEN_SHARE, force=True)
 
         start = time.perf_counter()
-        keys = [f"jobs/{job.id}/{item.path.name}" for item in written]
-        put = context.storage.put_many(
-            [(item.path, key) for item, key in zip(written, keys, strict=True)],
-            message=f"RPG job {job.id}: {request.num_samples} x {request.architecture}",
-            generation={
-                **request.model_dump(mode="json"),
-                "generator": generator.generator_id,
-                "job_id": job.id,
-            },
-        )
+        files, version = _upload(context, job.id, request, generator, written)
         upload_s = time.perf_counter() - start
-        files = [
-            {
-                "name": item.path.name,
-                "key": key,
-                "sha256": item.sha256,
-                "size_bytes": item.size_bytes,
-                "num_parameters": item.num_parameters,
-            }
-            for item, key in zip(written, keys, strict=True)
-        ]
-        job.meta["finished_at"] = iso(utc_now())
-        job.save_meta()
+        _finished(job, context.connection, "succeeded")
         return {
             "files": files,
-            "storage_version": put.version,
+            "storage_version": version,
             "generator_id": generator.generator_id,
             "seed": request.seed,
             "timings": {
@@ -275,7 +346,7 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
             },
         }
     except BaseException as exc:
-        _record_failure(job, exc)
+        _record_failure(job, context.connection, exc)
         raise
     finally:
         if scratch is not None:

@@ -12,7 +12,6 @@ queue (`rpg:<name>`) and is what requests put in `architecture`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterable
@@ -154,10 +153,6 @@ class GeneratorCache:
             return str(generator.device)
         return self.device_name
 
-    def is_loaded(self, name: str) -> bool:
-        """Whether `name` is already in memory."""
-        return name in self._loaded
-
     def get(self, name: str) -> tuple[Generator, float]:
         """The generator and the seconds spent loading it now (0.0 when it was warm)."""
         cached = self._loaded.get(name)
@@ -184,12 +179,3 @@ class GeneratorCache:
     def warm(self) -> dict[str, float]:
         """Load every generator now; returns {name: load seconds}."""
         return {name: self.get(name)[1] for name in self.names}
-
-    def describe(self) -> str:
-        """One line per generator, for the worker's start-up log."""
-        lines = []
-        for name in self.names:
-            source = self.sources[name]
-            condition = json.dumps(source.config.get("condition") or {"kind": "none"})
-            lines.append(f"{name}: {source.source} (condition {condition})")
-        return "\n".join(lines)

@@ -1,7 +1,7 @@
-"""Generation requests: the JSON-safe request model and its check against a generator config.
+"""`JobRequest`: what a queued job generates, and its check against the generator it names.
 
-Imported through `worker.queue` (the gateway's contract); kept apart so the check has no
-Redis in it.
+The rules live in `models.request_check` (one check for the gateway, the worker and the
+CLI); this module only adds the JSON-safe model that is stored as the job's argument.
 """
 
 from __future__ import annotations
@@ -12,28 +12,39 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.request_check import RequestLimits, SamplerName
+from models.request_check import check_request as check_against_config
 from worker.errors import InvalidRequest
 from worker.registry import generator_name
 
 if TYPE_CHECKING:
     from worker.settings import Settings
 
-__all__ = ["GenerationRequest", "check_request"]
+__all__ = ["JobRequest", "check_job_request", "request_limits"]
+
+OutputDtype = Literal["float32", "float16", "bfloat16"]
 
 
-class GenerationRequest(BaseModel):
-    """What a job generates; JSON-safe, stored as the job's only argument."""
+class JobRequest(BaseModel):
+    """A queued generation request with every default resolved (replaying it reproduces the
+    weights). On the wire and in Redis the generator's name is the field ``architecture``."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
 
-    architecture: str = Field(min_length=1, max_length=200)
+    generator: str = Field(alias="architecture", min_length=1, max_length=200)
     task_embedding: list[float] | None = None
     num_samples: int = Field(default=1, ge=1)
     seed: int = Field(default_factory=lambda: secrets.randbits(63), ge=0, lt=2**63)
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: SamplerName = "ddim"
     steps: int = Field(default=50, ge=1)
     eta: float = Field(default=0.0, ge=0.0, le=1.0)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: OutputDtype = "float32"
     owner: str | None = None
 
     @field_validator("task_embedding")
@@ -44,45 +55,25 @@ class GenerationRequest(BaseModel):
         return value
 
 
-def check_request(
-    request: GenerationRequest, config: dict[str, Any], *, settings: Settings
-) -> None:
+def request_limits(settings: Settings) -> RequestLimits:
+    """The deployment's request limits, from its settings."""
+    return RequestLimits(max_num_samples=settings.max_num_samples, max_steps=settings.max_steps)
+
+
+def check_job_request(request: JobRequest, config: dict[str, Any], *, settings: Settings) -> None:
     """Raise `InvalidRequest` (saying what to change) unless `request` fits the generator
     described by `config` (its config.json) and the deployment's limits. Reads no weights."""
     name = generator_name(config)
-    if request.architecture != name:
-        raise InvalidRequest(
-            f"request is for {request.architecture!r} but this generator is {name!r}"
-        )
-    if request.num_samples > settings.max_num_samples:
-        raise InvalidRequest(
-            f"num_samples is {request.num_samples}; this deployment allows at most "
-            f"{settings.max_num_samples} per request (send several requests)"
-        )
-    timesteps = int(((config.get("model") or {}).get("diffusion") or {}).get("num_timesteps", 1000))
-    if request.sampler == "ddim":
-        limit = min(settings.max_steps, timesteps)
-        if request.steps > limit:
-            raise InvalidRequest(
-                f"steps is {request.steps}; ddim on {name!r} allows 1..{limit} "
-                f"(the schedule has {timesteps} timesteps, the deployment's limit is {settings.max_steps})"
-            )
-    elif timesteps > settings.max_steps:
-        raise InvalidRequest(
-            f"sampler 'ddpm' always runs all {timesteps} timesteps, above this deployment's "
-            f"max_steps ({settings.max_steps}); use sampler 'ddim' with fewer steps"
-        )
-    spec = config.get("condition") or {"kind": "none"}
-    if spec.get("kind") == "vector":
-        dim = int(spec["dim"])
-        if request.task_embedding is None:
-            labels = f" (one value per class: {spec['labels']})" if spec.get("labels") else ""
-            raise InvalidRequest(
-                f"generator {name!r} is conditional: task_embedding with {dim} values is required{labels}"
-            )
-        if len(request.task_embedding) != dim:
-            raise InvalidRequest(
-                f"task_embedding has {len(request.task_embedding)} values; generator {name!r} expects {dim}"
-            )
-    elif request.task_embedding is not None:
-        raise InvalidRequest(f"generator {name!r} is unconditional; leave task_embedding out")
+    if request.generator != name:
+        raise InvalidRequest(f"request is for {request.generator!r} but this generator is {name!r}")
+    _, errors = check_against_config(
+        config,
+        task_embedding=request.task_embedding,
+        num_samples=request.num_samples,
+        sampler=request.sampler,
+        steps=request.steps,
+        eta=request.eta,
+        limits=request_limits(settings),
+    )
+    if errors:
+        raise InvalidRequest("; ".join(f"{e.field}: {e.message}" for e in errors))

@@ -9,7 +9,7 @@
   deadline between chunks;
 - a heartbeat thread writes `rpg:worker:<name>` every `settings.heartbeat_interval_s` with a
   TTL of 3 intervals, and on each beat re-queues or fails the jobs of workers whose key has
-  expired (`worker.queue.reap_dead_jobs`). So a job whose worker was killed ends within
+  expired (`worker.queue.reaper`). So a job whose worker was killed ends within
   about 3-4 intervals, even without any poll.
 """
 
@@ -37,18 +37,18 @@ from rq.worker import SimpleWorker
 
 from worker.errors import GeneratorConfigError
 from worker.jobs import WorkerContext, install_context
-from worker.queue import (
+from worker.queue.keys import (
     DEAD_AFTER_BEATS,
     QUEUES_KEY,
     WORKERS_KEY,
     connect,
     iso,
     queue_name,
-    reap_dead_jobs,
     rq_queue,
     utc_now,
     worker_key,
 )
+from worker.queue.reaper import ReaperLoop
 from worker.registry import GeneratorCache, discover_generators
 from worker.settings import Settings
 
@@ -99,6 +99,7 @@ class Heartbeat:
         self.settings = settings
         self.name = name
         self.describe = describe
+        self.reaper = ReaperLoop(connection, settings)  # run on each beat, not its own thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -115,7 +116,7 @@ class Heartbeat:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
             try:
                 self.beat()
-                reaped = reap_dead_jobs(self.connection, settings=self.settings)
+                reaped = self.reaper.run_once()
                 if reaped:
                     log.warning("jobs of dead workers re-queued or failed: %s", reaped)
             except redis_lib.RedisError as exc:  # keep beating once Redis is back

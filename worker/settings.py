@@ -1,4 +1,5 @@
-"""`Settings`: the one place configuration enters a gateway or worker process.
+"""`Settings`: the one place configuration enters a worker process (the gateway's own
+settings extend it in `service.settings.GatewaySettings`).
 
 Every field reads from an environment variable `RPG_<FIELD>` (e.g. `RPG_REDIS_URL`), and the
 command lines (`rpg serve`, `rpg worker`) override a few of them with flags. Build it once at
@@ -19,6 +20,15 @@ from worker.storage.base import HubSettings, LocalSettings, S3Settings, StorageS
 
 CommaList = Annotated[list[str], NoDecode]
 
+__all__ = ["CommaList", "Settings", "split_commas"]
+
+
+def split_commas(value: object) -> object:
+    """`"a, b"` -> `["a", "b"]` (environment variables hold lists as comma-separated text)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
 
 class Settings(BaseSettings):
     """Deployment settings (defaults suit one machine; see the README's operations section)."""
@@ -38,31 +48,16 @@ class Settings(BaseSettings):
         description="generator bundles: a directory of bundles, bundle paths, or hf://org/repo ids (comma-separated)",
     )
 
-    # --- HTTP gateway
-    host: str = "127.0.0.1"
-    port: int = 8000
+    # --- requests (checked by the gateway and again by the worker)
     public_base_url: str | None = Field(
         default=None,
         description="base URL clients use to reach the gateway (default http://host:port)",
     )
-    api_key_hashes: CommaList = Field(
-        default_factory=list,
-        description="'name:sha256hex' entries (`rpg keys create NAME` makes one); empty = no auth",
-    )
-    rate_limit_per_minute: int = Field(
-        default=120, ge=1, description="POST /generate per API key (or client IP)"
-    )
     max_queue_depth: int = Field(
         default=1000, ge=1, description="queued jobs beyond this get 503 + Retry-After"
     )
-    max_body_bytes: int = Field(default=65536, ge=1024)
     max_num_samples: int = Field(default=16, ge=1)
     max_steps: int = Field(default=1000, ge=1)
-    idempotency_ttl_s: int = Field(
-        default=24 * 3600,
-        ge=60,
-        description="how long an Idempotency-Key of POST /generate keeps naming its job",
-    )
 
     # --- jobs and workers
     job_timeout_s: int = Field(
@@ -110,17 +105,16 @@ class Settings(BaseSettings):
     hub_private: bool = False
     hub_path_prefix: str = ""
 
-    @field_validator("generators", "api_key_hashes", mode="before")
+    @field_validator("generators", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return split_commas(value)
 
     @property
     def base_url(self) -> str:
-        """Where clients reach the gateway (used in download URLs)."""
-        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+        """Where clients reach the gateway (used in download URLs); `GatewaySettings`
+        falls back to its own host and port."""
+        return (self.public_base_url or "http://127.0.0.1:8000").rstrip("/")
 
     def resolved_signing_secret(self) -> str:
         """The configured secret, or one generated once and kept in `data_dir/signing_secret`.

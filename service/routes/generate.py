@@ -22,9 +22,9 @@ from service.problems import ProblemError
 from service.routes.jobs import find_job, job_public
 from service.schemas import JobPublic
 from service.state import Gateway
-from service.validation import to_generation_request
+from service.validation import to_job_request
 from worker.errors import QueueFull
-from worker.queue import GenerationRequest, enqueue
+from worker.queue import JobRequest, enqueue
 
 __all__ = ["router"]
 
@@ -61,7 +61,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _enqueue(gateway: Gateway, request: GenerationRequest) -> str:
+def _enqueue(gateway: Gateway, request: JobRequest) -> str:
     try:
         return enqueue(gateway.redis, request, settings=gateway.settings)
     except QueueFull as exc:
@@ -75,7 +75,7 @@ def _enqueue(gateway: Gateway, request: GenerationRequest) -> str:
 
 
 def _idempotent_enqueue(
-    gateway: Gateway, request: GenerationRequest, owner: str | None, key: str, digest: str
+    gateway: Gateway, request: JobRequest, owner: str | None, key: str, digest: str
 ) -> tuple[str, bool]:
     """(job id, replayed): the job this key already names, or a new one recorded under it."""
     store = gateway.idempotency
@@ -132,9 +132,7 @@ def generate(
     The job document echoes the request with every default filled in (seed included), so
     sending that request again reproduces the same weights.
     """
-    request = to_generation_request(
-        body, catalog=gateway.catalog, settings=gateway.settings, owner=owner
-    )
+    request = to_job_request(body, catalog=gateway.catalog, settings=gateway.settings, owner=owner)
     if idempotency_key is None:
         job_id, replayed = _enqueue(gateway, request), False
     else:

@@ -46,7 +46,6 @@ def find_job(gateway: Gateway, job_id: str, owner: str | None) -> dict[str, Any]
     job = view.to_dict()
     if gateway.keyring.enabled and job.get("owner") != owner:
         raise _not_found(job_id)
-    gateway.metrics.observe_job(gateway.redis, job, ttl_s=gateway.settings.result_ttl_s)
     return job
 
 
@@ -77,12 +76,12 @@ def read_job(job_id: str, gateway: GatewayDep, owner: OwnerDep) -> JobPublic:
     responses={
         **_ERRORS,
         200: {"description": "the job is canceled"},
-        202: {"description": "cancel requested; the running job stops at its next chunk"},
+        202: {"description": "cancel requested; the running job stops within a denoiser step"},
         409: {"description": "the job already finished"},
     },
 )
 def cancel_job(job_id: str, gateway: GatewayDep, owner: OwnerDep, response: Response) -> JobPublic:
-    """Cancel a queued job (at once: 200) or a running one (it stops between chunks: 202)."""
+    """Cancel a queued job (at once: 200) or a running one (it stops within a step: 202)."""
     job = find_job(gateway, job_id, owner)
     if job["status"] not in FINISHED:
         try:
@@ -91,7 +90,6 @@ def cancel_job(job_id: str, gateway: GatewayDep, owner: OwnerDep, response: Resp
             raise _not_found(job_id) from None
         job = view.to_dict()
         if job["status"] == "canceled":
-            gateway.metrics.observe_job(gateway.redis, job, ttl_s=gateway.settings.result_ttl_s)
             return job_public(job)
         if job["status"] not in FINISHED:
             response.status_code = 202

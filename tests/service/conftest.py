@@ -17,8 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.settings import GatewaySettings as Settings
 from tests.conftest import free_port
-from worker.settings import Settings
 
 SECRET = "test-signing-secret-0123456789abcdef"
 

@@ -31,11 +31,11 @@ from service.client import (
     TransportError,
     WaitTimeout,
 )
+from service.settings import GatewaySettings as Settings
 from tests.conftest import free_port
 from tests.service.conftest import GatewayFactory, GatewayPool, LiveGateway
 from worker.registry import GeneratorCache, discover_generators
 from worker.runtime import run_worker
-from worker.settings import Settings
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from models.zoo.store import build_module
+from service.settings import GatewaySettings as Settings
 from tests.service.conftest import SECRET, GatewayPool, LiveGateway, assert_problem
 from worker.registry import GeneratorCache, discover_generators
 from worker.runtime import run_worker
-from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from models.zoo.store import build_module
 from worker.queue import (
     JOB_FUNCTION,
-    GenerationRequest,
+    JobRequest,
     JobStatus,
     JobView,
     cancel,
@@ -33,8 +33,8 @@ SettingsFactory = Callable[..., Settings]
 Burst = Callable[[Settings], bool]
 
 
-def request(**fields: object) -> GenerationRequest:
-    return GenerationRequest(**{"architecture": "digits-mlp", "seed": 11, "steps": 5, **fields})  # type: ignore[arg-type]
+def request(**fields: object) -> JobRequest:
+    return JobRequest(**{"architecture": "digits-mlp", "seed": 11, "steps": 5, **fields})  # type: ignore[arg-type]
 
 
 def finished(connection: redis.Redis, job_id: str, settings: Settings) -> JobView:

@@ -21,10 +21,10 @@ from rq.serializers import JSONSerializer
 from models.bundle import read_config
 from worker.errors import GeneratorConfigError, InvalidRequest, JobNotFound, QueueFull
 from worker.queue import (
-    GenerationRequest,
+    JobRequest,
     JobStatus,
     cancel,
-    check_request,
+    check_job_request,
     enqueue,
     get_job,
     live_workers,
@@ -39,8 +39,8 @@ from worker.settings import Settings
 SettingsFactory = Callable[..., Settings]
 
 
-def request(**fields: object) -> GenerationRequest:
-    return GenerationRequest(**{"architecture": "digits-mlp", "seed": 7, **fields})  # type: ignore[arg-type]
+def request(**fields: object) -> JobRequest:
+    return JobRequest(**{"architecture": "digits-mlp", "seed": 7, **fields})  # type: ignore[arg-type]
 
 
 def parse_iso(text: str) -> datetime:
@@ -113,13 +113,13 @@ def test_request_model_rejects_bad_values() -> None:
         request(num_samples=0)
     with pytest.raises(ValidationError):
         request(sampler="euler")
-    assert 0 <= GenerationRequest(architecture="x").seed < 2**63
+    assert 0 <= JobRequest(architecture="x").seed < 2**63
 
 
 def test_check_request_against_config(tiny_bundle: Path, make_settings: SettingsFactory) -> None:
     settings = make_settings(max_num_samples=4, max_steps=500)
     config = read_config(tiny_bundle)
-    check_request(request(num_samples=4, steps=500), config, settings=settings)
+    check_job_request(request(num_samples=4, steps=500), config, settings=settings)
     cases = {
         "unconditional": request(task_embedding=[1.0, 0.0]),
         "at most 4": request(num_samples=5),
@@ -129,13 +129,13 @@ def test_check_request_against_config(tiny_bundle: Path, make_settings: Settings
     }
     for needle, bad in cases.items():
         with pytest.raises(InvalidRequest, match=needle):
-            check_request(bad, config, settings=settings)
+            check_job_request(bad, config, settings=settings)
     conditional = {**config, "condition": {"kind": "vector", "dim": 3, "labels": ["a", "b", "c"]}}
-    check_request(request(task_embedding=[1.0, 0.0, 1.0]), conditional, settings=settings)
+    check_job_request(request(task_embedding=[1.0, 0.0, 1.0]), conditional, settings=settings)
     with pytest.raises(InvalidRequest, match="has 2 values; generator 'digits-mlp' expects 3"):
-        check_request(request(task_embedding=[1.0, 0.0]), conditional, settings=settings)
+        check_job_request(request(task_embedding=[1.0, 0.0]), conditional, settings=settings)
     with pytest.raises(InvalidRequest, match="is conditional"):
-        check_request(request(), conditional, settings=settings)
+        check_job_request(request(), conditional, settings=settings)
 
 
 def fake_started(connection: redis.Redis, job_id: str, worker: str, attempts: int) -> None:
@@ -157,7 +157,8 @@ def test_reaper_requeues_then_fails_a_dead_workers_job(
     settings = make_settings(job_retries=1)
     job_id = enqueue(connection, request(), settings=settings)
     fake_started(connection, job_id, "ghost", attempts=1)
-    view = get_job(connection, job_id, settings=settings)  # the poll itself reaps
+    assert reap_dead_jobs(connection, settings=settings) == [job_id]
+    view = get_job(connection, job_id, settings=settings)
     assert view is not None and view.status is JobStatus.QUEUED
     assert queue_depth(connection) == 1
     registry = StartedJobRegistry(queue_name("digits-mlp"), connection=connection)

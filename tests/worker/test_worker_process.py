@@ -16,7 +16,8 @@ from rq.job import Job
 
 from service.cli import build_parser
 from worker.cli import settings_from_args
-from worker.queue import GenerationRequest, JobStatus, JobView, enqueue, get_job, live_workers
+from worker.queue import JobRequest, JobStatus, JobView, enqueue, get_job, live_workers
+from worker.queue.reaper import ReaperLoop
 from worker.settings import Settings
 
 from .conftest import SECRET
@@ -139,18 +140,23 @@ def test_killed_worker_job_fails_with_reason(
     wait_for(
         lambda: len(live_workers(connection, settings=settings)) == 1, 60, "the worker to start"
     )
-    job_id = enqueue(connection, GenerationRequest(**SLOW), settings=settings)  # type: ignore[arg-type]
+    job_id = enqueue(connection, JobRequest(**SLOW), settings=settings)  # type: ignore[arg-type]
     wait_for(
         lambda: view_of(connection, job_id, settings).progress > 0, 30, "the job to make progress"
     )
     killed = kill_worker_of(connection, job_id, settings)
     killed_at = time.monotonic()
-    # No other worker is alive: polling alone must end the job.
-    wait_for(
-        lambda: view_of(connection, job_id, settings).status is not JobStatus.RUNNING,
-        10 * HEARTBEAT_S + 5,
-        "the dead worker's job to leave 'running'",
-    )
+    # No other worker is alive: the reaper loop every gateway runs must end the job.
+    reaper = ReaperLoop(connection, settings)
+    reaper.start()
+    try:
+        wait_for(
+            lambda: view_of(connection, job_id, settings).status is not JobStatus.RUNNING,
+            10 * HEARTBEAT_S + 5,
+            "the dead worker's job to leave 'running'",
+        )
+    finally:
+        reaper.stop()
     assert time.monotonic() - killed_at <= 10 * HEARTBEAT_S + 5
     view = view_of(connection, job_id, settings)
     assert view.status is JobStatus.FAILED and view.error is not None
@@ -171,7 +177,7 @@ def test_killed_worker_job_is_retried_by_another_worker(
     wait_for(
         lambda: len(live_workers(connection, settings=settings)) == 2, 90, "two workers to start"
     )
-    job_id = enqueue(connection, GenerationRequest(**SLOW), settings=settings)  # type: ignore[arg-type]
+    job_id = enqueue(connection, JobRequest(**SLOW), settings=settings)  # type: ignore[arg-type]
     wait_for(
         lambda: view_of(connection, job_id, settings).progress > 0, 30, "the job to make progress"
     )

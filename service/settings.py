@@ -1,0 +1,41 @@
+"""`GatewaySettings`: the gateway's configuration, the worker's `Settings` plus what only
+the HTTP side reads. Every field reads from `RPG_<FIELD>`; `rpg serve` overrides a few with
+flags. Built once at start and passed down."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from worker.settings import CommaList, Settings, split_commas
+
+__all__ = ["GatewaySettings"]
+
+
+class GatewaySettings(Settings):
+    """Settings of a gateway process (see the README's operations section)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_hashes: CommaList = Field(
+        default_factory=list,
+        description="'name:sha256hex' entries (`rpg keys create NAME` makes one); empty = no auth",
+    )
+    rate_limit_per_minute: int = Field(
+        default=120, ge=1, description="POST /generate per API key (or client IP)"
+    )
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    idempotency_ttl_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="how long an Idempotency-Key of POST /generate keeps naming its job",
+    )
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return split_commas(value)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this gateway (used in download URLs)."""
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
