@@ -40,6 +40,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         reaper.start()
         yield
         reaper.stop()
+        await gateway.aclose()
         gateway.close()
 
     app = FastAPI(

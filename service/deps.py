@@ -23,9 +23,9 @@ __all__ = ["GatewayDep", "GenerateBodyDep", "OwnerDep", "RateLimitDep"]
 _bearer = HTTPBearer(auto_error=False, description="an API key from `rpg keys create NAME`")
 
 
-# CPU-only dependencies are `async def` so FastAPI runs them on the event loop instead of
-# hopping to the thread pool (a measurable share of a request's cost); dependencies that
-# talk to Redis stay `def` and run in the pool, so a slow Redis never blocks the loop.
+# Dependencies are `async def` so FastAPI runs them on the event loop instead of hopping to
+# the thread pool (a measurable share of a request's cost); the rate limit talks to Redis
+# through the gateway's asyncio client, so a slow Redis never blocks the loop either.
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -73,11 +73,11 @@ async def authenticate(
 OwnerDep = Annotated[str | None, Depends(authenticate)]
 
 
-def rate_limit(request: Request, gateway: GatewayDep, owner: OwnerDep) -> None:
-    """Count this request against its client's per-minute budget."""
+async def rate_limit(request: Request, gateway: GatewayDep, owner: OwnerDep) -> None:
+    """Count this request against its client's per-minute budget (on the event loop)."""
     client = request.client.host if request.client else "unknown"
     identity = f"key:{owner}" if owner is not None else f"ip:{client}"
-    decision = gateway.limiter.hit(identity)
+    decision = await gateway.limiter.hit_async(identity)
     if not decision.allowed:
         raise ProblemError(
             429,

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
 
 __all__ = ["RateDecision", "RateLimiter"]
 
@@ -46,19 +47,41 @@ class RateDecision:
 class RateLimiter:
     """``per_minute`` requests per client identity, shared by every gateway on one Redis."""
 
-    def __init__(self, client: redis.Redis, per_minute: int, *, prefix: str = "rpg:ratelimit:"):
+    def __init__(
+        self,
+        client: redis.Redis,
+        per_minute: int,
+        *,
+        prefix: str = "rpg:ratelimit:",
+        async_client: redis.asyncio.Redis | None = None,
+    ):
         if per_minute < 1:
             raise ValueError(f"per_minute must be >= 1, got {per_minute}")
         self.per_minute = per_minute
         self.prefix = prefix
         self._interval_us = max(1, round(60_000_000 / per_minute))
         self._script = client.register_script(_GCRA)
+        # The gateway counts on its event loop (no thread hop per request) when it has one.
+        self._async_script = async_client.register_script(_GCRA) if async_client else None
 
     def hit(self, identity: str) -> RateDecision:
         """Count one request by ``identity`` (an API key name or a client address)."""
         allowed, wait_us = self._script(
             keys=[self.prefix + identity], args=[self._interval_us, self.per_minute]
         )
-        if int(allowed):
+        return self._decision(allowed, wait_us)
+
+    async def hit_async(self, identity: str) -> RateDecision:
+        """`hit` on the async client (falls back to `hit` when there is none)."""
+        if self._async_script is None:
+            return self.hit(identity)
+        allowed, wait_us = await self._async_script(
+            keys=[self.prefix + identity], args=[self._interval_us, self.per_minute]
+        )
+        return self._decision(allowed, wait_us)
+
+    @staticmethod
+    def _decision(allowed: object, wait_us: object) -> RateDecision:
+        if int(str(allowed)):
             return RateDecision(True, 0)
-        return RateDecision(False, max(1, math.ceil(int(wait_us) / 1_000_000)))
+        return RateDecision(False, max(1, math.ceil(int(str(wait_us)) / 1_000_000)))

@@ -7,6 +7,7 @@ from functools import partial
 
 import redis
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -16,7 +17,8 @@ from service.idempotency import IdempotencyStore
 from service.metrics import GatewayMetrics, QueueState
 from service.ratelimit import RateLimiter
 from service.settings import GatewaySettings
-from worker.queue import connect, live_workers, queue_depth, read_job_stats
+from worker.queue import live_workers, queue_depth, read_job_stats
+from worker.queue.keys import redis_url
 from worker.registry import load_generator_configs
 from worker.storage import Storage, make_storage
 
@@ -31,6 +33,7 @@ class Gateway:
 
     settings: GatewaySettings
     redis: Redis
+    aredis: AsyncRedis  # the same server, for the hot path on the event loop
     probe: Redis  # fails fast (no retries, short timeouts): /readyz and /metrics
     catalog: Catalog
     keyring: ApiKeyring
@@ -49,6 +52,10 @@ class Gateway:
         """Release Redis connections."""
         self.probe.close()
         self.redis.close()
+
+    async def aclose(self) -> None:
+        """Release the async client's connections (on the loop that used them)."""
+        await self.aredis.aclose()
 
 
 def _queue_state(probe: redis.Redis, settings: GatewaySettings) -> QueueState:
@@ -83,15 +90,18 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     catalog = Catalog.from_configs(load_generator_configs(settings))
     storage = make_storage(settings.storage_settings())
     secret = settings.resolved_signing_secret() if settings.storage == "local" else None
-    client = connect(settings)
+    url = redis_url(settings)
+    client = redis.Redis.from_url(url)
+    aclient = AsyncRedis.from_url(url)
     probe = _probe_client(client)
     return Gateway(
         settings=settings,
         redis=client,
+        aredis=aclient,
         probe=probe,
         catalog=catalog,
         keyring=keyring,
-        limiter=RateLimiter(client, settings.rate_limit_per_minute),
+        limiter=RateLimiter(client, settings.rate_limit_per_minute, async_client=aclient),
         idempotency=IdempotencyStore(client, ttl_s=settings.idempotency_ttl_s),
         metrics=GatewayMetrics(partial(_queue_state, probe, settings)),
         storage=storage,

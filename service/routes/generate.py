@@ -24,7 +24,7 @@ from service.schemas import JobPublic
 from service.state import Gateway
 from service.validation import to_job_request
 from worker.errors import QueueFull
-from worker.queue import JobRequest, enqueue
+from worker.queue import JobRequest, JobView, submit
 
 __all__ = ["router"]
 
@@ -61,9 +61,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _enqueue(gateway: Gateway, request: JobRequest) -> str:
+def _enqueue(gateway: Gateway, request: JobRequest) -> JobView:
     try:
-        return enqueue(gateway.redis, request, settings=gateway.settings)
+        return submit(gateway.redis, request, settings=gateway.settings)
     except QueueFull as exc:
         raise ProblemError(
             503,
@@ -98,12 +98,12 @@ def _idempotent_enqueue(
             headers={"Retry-After": "1"},
         ) from None
     try:
-        job_id = _enqueue(gateway, request)
+        view = _enqueue(gateway, request)
     except BaseException:
         store.release(owner, key)  # let the client retry with the same key
         raise
-    store.complete(owner, key, digest, job_id)
-    return job_id, False
+    store.complete(owner, key, digest, view.id)
+    return view.id, False
 
 
 @router.post(
@@ -134,12 +134,13 @@ def generate(
     """
     request = to_job_request(body, catalog=gateway.catalog, settings=gateway.settings, owner=owner)
     if idempotency_key is None:
-        job_id, replayed = _enqueue(gateway, request), False
+        job = _enqueue(gateway, request).to_dict()  # the view of what was just written
+        replayed = False
     else:
         digest = fingerprint(body.model_dump(mode="json"))
         job_id, replayed = _idempotent_enqueue(gateway, request, owner, idempotency_key, digest)
-    job = find_job(gateway, job_id, owner)
-    response.headers["Location"] = f"/jobs/{job_id}"
+        job = find_job(gateway, job_id, owner)
+    response.headers["Location"] = f"/jobs/{job['id']}"
     if replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"

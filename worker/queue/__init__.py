@@ -5,7 +5,7 @@ Jobs live in Redis through RQ with the JSON serializer (never pickle); the job f
 
 - `keys`: the connection (`connect`), key and queue names, time formatting;
 - `views`: reads only: `get_job`, `queue_depth`, `live_workers`, `JobView`, `JobStatus`;
-- `operations`: `enqueue`, `cancel`;
+- `operations`: `submit` / `enqueue`, `cancel`;
 - `reaper`: `reap_dead_jobs` (jobs of dead workers), `prune_dead_workers`;
 - `stats`: finished-job counts and durations, recorded where a job ends.
 
@@ -14,7 +14,7 @@ live in `worker.errors`.
 """
 
 from worker.queue.keys import JOB_FUNCTION, connect, queue_name
-from worker.queue.operations import cancel, enqueue
+from worker.queue.operations import cancel, enqueue, submit
 from worker.queue.reaper import prune_dead_workers, reap_dead_jobs
 from worker.queue.stats import JobStats, read_job_stats
 from worker.queue.views import JobStatus, JobView, WorkerInfo, get_job, live_workers, queue_depth
@@ -38,4 +38,5 @@ __all__ = [
     "queue_name",
     "read_job_stats",
     "reap_dead_jobs",
+    "submit",
 ]

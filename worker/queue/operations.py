@@ -20,35 +20,42 @@ from worker.queue.keys import (
     utc_now,
 )
 from worker.queue.stats import record_finished
-from worker.queue.views import JobStatus, JobView, fetch_job, get_job, public_status, queue_depth
+from worker.queue.views import JobStatus, JobView, fetch_job, get_job, public_status
 
 if TYPE_CHECKING:
     from worker.requests import JobRequest
     from worker.settings import Settings
     from worker.storage.base import Storage
 
-__all__ = ["cancel", "enqueue"]
+__all__ = ["cancel", "enqueue", "submit"]
 
 
-def enqueue(connection: redis_lib.Redis, request: JobRequest, *, settings: Settings) -> str:
-    """Queue a generation job on its generator's queue and return its id (uuid4 hex).
+# Total waiting jobs over every rpg queue, read inside the enqueue transaction.
+_DEPTH_SCRIPT = """
+local total = 0
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  total = total + redis.call('LLEN', 'rq:queue:' .. name)
+end
+return total
+"""
 
-    The job has a finite timeout and result TTL from `settings`; `QueueFull` when the rpg
-    queues already hold `settings.max_queue_depth` waiting jobs.
+
+def submit(connection: redis_lib.Redis, request: JobRequest, *, settings: Settings) -> JobView:
+    """Queue a generation job and return its view, in one Redis round trip.
+
+    The job (a finite timeout and result TTL from `settings`) is written and pushed in one
+    transaction that also counts the waiting jobs; past `settings.max_queue_depth` it is
+    taken back out and `QueueFull` raised, so the queue never holds more than the limit.
     """
-    depth = queue_depth(connection)
-    if depth >= settings.max_queue_depth:
-        raise QueueFull(depth, settings.max_queue_depth)
     queue = rq_queue(connection, queue_name(request.generator))
-    job_id = uuid.uuid4().hex
-    connection.sadd(QUEUES_KEY, queue.name)
-    queue.enqueue_call(
+    payload = request.model_dump(mode="json")
+    job = queue.create_job(
         JOB_FUNCTION,
-        kwargs={"request": request.model_dump(mode="json")},
+        kwargs={"request": payload},
         timeout=settings.job_timeout_s,
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.result_ttl_s,
-        job_id=job_id,
+        job_id=uuid.uuid4().hex,
         description=f"generate {request.num_samples} x {request.generator}",
         meta={
             "progress": 0.0,
@@ -57,7 +64,38 @@ def enqueue(connection: redis_lib.Redis, request: JobRequest, *, settings: Setti
             "architecture": request.generator,
         },
     )
-    return job_id
+    with connection.pipeline() as pipe:
+        queue.enqueue_job(job, pipeline=pipe)
+        pushed_at = len(pipe.command_stack) - 1  # enqueue_job's last command is the push
+        pipe.sadd(QUEUES_KEY, queue.name)
+        pipe.eval(_DEPTH_SCRIPT, 1, QUEUES_KEY)
+        results = pipe.execute()
+    depth = int(results[-1])
+    if depth > settings.max_queue_depth:
+        with connection.pipeline() as pipe:
+            pipe.lrem(queue.key, 0, job.id)
+            pipe.delete(job.key)
+            pipe.execute()
+        raise QueueFull(depth - 1, settings.max_queue_depth)
+    return JobView(
+        id=job.id,
+        status=JobStatus.QUEUED,
+        progress=0.0,
+        created_at=iso(job.created_at) or "",
+        started_at=None,
+        finished_at=None,
+        request=payload,
+        result=None,
+        error=None,
+        owner=request.owner,
+        architecture=request.generator,
+        queue_position=int(results[pushed_at]) - 1,
+    )
+
+
+def enqueue(connection: redis_lib.Redis, request: JobRequest, *, settings: Settings) -> str:
+    """`submit` a job and return its id (a uuid4 hex string)."""
+    return submit(connection, request, settings=settings).id
 
 
 def cancel(
