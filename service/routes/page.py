@@ -1,6 +1,7 @@
 """``GET /``: the web page (plain HTML, CSS and JavaScript from ``service/static``).
 
-The page needs no API key to load: it asks for one and sends it with each API call, so the
+Browsers get it (``Accept: text/html``); other clients get a 404 problem pointing at
+``/docs``. The page needs no API key to load: it asks for one and sends it with each API call, so the
 API's rules (keys, owners, limits) are the page's rules.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from service.problems import ProblemError
@@ -30,8 +31,17 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
-async def index() -> FileResponse:
-    """The web page."""
+async def index(request: Request) -> FileResponse:
+    """The web page, for clients that accept HTML (browsers); API clients get a 404 problem
+    that points at the API's docs."""
+    if "text/html" not in request.headers.get("accept", ""):
+        raise ProblemError(
+            404,
+            "not-found",
+            "Not found",
+            "GET / is the web page (send Accept: text/html, as browsers do); the API is "
+            "described at /docs and /openapi.json",
+        )
     return FileResponse(_FILES["index.html"], media_type=_MEDIA_TYPES[".html"], headers=_HEADERS)
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from service.auth import new_key
-from tests.service.conftest import SECRET, GatewayPool, LiveGateway
+from tests.service.conftest import SECRET, GatewayPool, LiveGateway, assert_problem
 
 CHROMIUM = next(
     (
@@ -43,8 +43,9 @@ needs_browser = pytest.mark.skipif(
 
 
 def test_page_and_its_static_files_are_served(gateway: LiveGateway) -> None:
-    page = gateway.http.get("/")
+    page = gateway.http.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert_problem(gateway.http.get("/"), 404)  # API clients: a problem pointing at /docs
     assert '<script src="/static/app.js"' in page.text
     script = gateway.http.get("/static/app.js")
     assert script.headers["content-type"].startswith("text/javascript")

@@ -10,6 +10,7 @@ import redis as redis_lib
 from rq.exceptions import InvalidJobOperation
 
 from worker.errors import JobNotFound, QueueFull
+from worker.queue.collection import index_job
 from worker.queue.keys import (
     JOB_FUNCTION,
     QUEUES_KEY,
@@ -57,6 +58,9 @@ def enqueue(connection: redis_lib.Redis, request: JobRequest, *, settings: Setti
             "architecture": request.generator,
         },
     )
+    with connection.pipeline(transaction=False) as pipe:
+        index_job(pipe, request.owner, job_id, settings=settings)
+        pipe.execute()
     return job_id
 
 
