@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "worker.cli",
         "run a generation worker (loads its generators once, serves their job queues)",
     ),
+    "webhooks": (
+        "worker.webhooks_cli",
+        "deliver webhooks (signed, retried with backoff) from the webhook queue",
+    ),
     "serve": ("service.commands", "run the HTTP gateway"),
     "keys": ("service.commands", "manage API keys"),
     "submit": ("service.client_cli", "submit a generation request to a running gateway"),

@@ -10,6 +10,7 @@ import redis as redis_lib
 from rq.exceptions import InvalidJobOperation
 
 from worker.errors import JobNotFound, QueueFull
+from worker.job_events import emit
 from worker.queue.collection import index_job
 from worker.queue.keys import (
     JOB_FUNCTION,
@@ -90,6 +91,7 @@ def cancel(
             canceled = True
         connection.expire(job.key, settings.result_ttl_s)
         if canceled:
+            emit(connection, job_id, "completed", settings=settings, storage=storage)
             record_finished(
                 connection,
                 status="canceled",
