@@ -8,6 +8,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -242,3 +243,38 @@ def test_enqueue_never_raises_when_redis_is_down() -> None:
     assert (
         enqueue_delivery(dead, job_id="j", event="completed", url="https://x", document={}) is None
     )
+
+
+# ---------------------------------------------------------------------------- job events
+
+
+def test_a_job_failed_by_the_reaper_still_sends_completed(
+    connection: redis.Redis, make_settings: Any
+) -> None:
+    from tests.worker.test_queue import fake_started, request
+    from worker.queue import enqueue, reap_dead_jobs
+
+    settings = make_settings(job_retries=0)
+    hook = "https://hooks.example.com/rpg"
+    job_id = enqueue(
+        connection,
+        request(webhook=hook, webhook_events_filter=["completed"]),
+        settings=settings,
+    )
+    quiet = enqueue(connection, request(), settings=settings)  # no webhook: no delivery
+    fake_started(connection, job_id, "ghost", attempts=1)
+    fake_started(connection, quiet, "ghost", attempts=1)
+    assert sorted(reap_dead_jobs(connection, settings=settings)) == sorted([job_id, quiet])
+    (queued,) = webhook_queue(connection).get_jobs()
+    payload = queued.args[0]
+    assert (payload["job_id"], payload["event"], payload["url"]) == (job_id, "completed", hook)
+    document = json.loads(payload["body"])
+    assert document["status"] == "failed" and document["error"]["type"] == "WorkerDied"
+    assert "owner" not in document
+
+
+def test_public_fields_match_the_gateway_schema() -> None:
+    from service.schemas import JobPublic
+    from worker.job_events import PUBLIC_FIELDS
+
+    assert set(PUBLIC_FIELDS) == set(JobPublic.model_fields)
