@@ -264,7 +264,7 @@ async function loadJobs() {
     open.addEventListener("click", (event) => { event.preventDefault(); api("GET", `/jobs/${job.id}`).then(watch, (e) => showFormError(e.message)); });
     const remove = el("button", { type: "button", className: "small", textContent: "Delete", disabled: !FINISHED.has(job.status) });
     remove.addEventListener("click", () => api("DELETE", `/jobs/${job.id}`).then(loadJobs, (e) => showFormError(e.message)));
-    return el("tr", { dataset: { job: job.id } },
+    const row = el("tr", {},
       el("td", { textContent: new Date(job.created_at).toLocaleString() }),
       el("td", {}, open),
       el("td", { textContent: (job.request || {}).architecture || "" }),
@@ -272,6 +272,8 @@ async function loadJobs() {
       el("td", { textContent: job.status, className: `status ${job.status}` }),
       el("td", {}, remove),
     );
+    row.dataset.job = job.id;
+    return row;
   }));
 }
 

@@ -128,11 +128,47 @@ def test_browser_submits_a_job_and_sees_it_finish(live_service: tuple[LiveGatewa
             assert shown == [f["sha256"] for f in job["result"]["files"]]
             href = rows.nth(0).locator("a").get_attribute("href")
             assert href is not None and httpx.get(href).status_code == 200
+            expect(page.locator("#job-transport")).to_have_text("(live)")  # the event stream
+            row = page.locator(f"#jobs tbody tr[data-job='{job_id}']")  # recent jobs: GET /jobs
+            expect(row).to_contain_text("succeeded")
             if os.environ.get("RPG_PAGE_SCREENSHOT"):
                 page.screenshot(path=os.environ["RPG_PAGE_SCREENSHOT"], full_page=True)
             # The key survives a reload (kept in the browser).
             page.reload()
             expect(page.locator("#api-key")).to_have_value(key)
+            # Delete from the list: the job and its files are gone.
+            page.locator(f"#jobs tbody tr[data-job='{job_id}'] button").click()
+            expect(page.locator(f"#jobs tbody tr[data-job='{job_id}']")).to_have_count(0)
+            assert httpx.get(href).status_code == 404
             assert errors == []
+        finally:
+            browser.close()
+
+
+@needs_browser
+def test_browser_sets_a_task_by_its_classes(gateway: LiveGateway) -> None:
+    # Config-only generators: the job is queued, never run; the request shows the task.
+    assert sync_playwright is not None and CHROMIUM is not None
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(gateway.url + "/")
+            page.select_option("#architecture", "digits-cond")
+            expect(page.locator("#class-boxes input")).to_have_count(10)
+            page.check("#class-boxes input[value='0']")
+            page.check("#class-boxes input[value='3']")
+            page.select_option("#sampler", "ddpm")
+            expect(page.locator("#steps")).to_be_disabled()
+            page.click("#submit")
+            expect(page.locator("#job-status")).to_have_attribute("data-status", "queued")
+            job_id = page.locator("#job-id").inner_text()
+            request = gateway.http.get(f"/jobs/{job_id}").json()["request"]
+            assert request["task_embedding"] == [1.0, 0, 0, 1.0, 0, 0, 0, 0, 0, 0]
+            assert request["sampler"] == "ddpm"
+            # A wrong embedding is refused by the API and the page shows why.
+            page.fill("#task-embedding", "[1, 2]")
+            page.click("#submit")
+            expect(page.locator("#form-error")).to_contain_text("task_embedding")
         finally:
             browser.close()
