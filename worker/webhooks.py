@@ -304,7 +304,8 @@ def _post(target: Target, body: bytes, headers: dict[str, str], timeout_s: float
     parts = urlsplit(target.url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default_port = 443 if target.scheme == "https" else 80
-    host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
+    name = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal
+    host_header = name if target.port == default_port else f"{name}:{target.port}"
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     with (
         httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client,
