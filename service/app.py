@@ -10,7 +10,16 @@ from fastapi import FastAPI
 from service.metrics import MetricsMiddleware
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
-from service.routes import architectures, files, generate, health, jobs
+from service.routes import (
+    architectures,
+    events,
+    files,
+    generate,
+    health,
+    job_list,
+    jobs,
+    page,
+)
 from service.settings import GatewaySettings
 from service.state import build_gateway
 from worker.queue.reaper import ReaperLoop
@@ -52,7 +61,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.gateway = gateway
     install_problem_handlers(app)  # adds the 500 catch-all middleware: inside the metrics
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
-    for module in (generate, jobs, architectures, files, health):
+    for module in (generate, job_list, jobs, events, architectures, files, health, page):
         app.include_router(module.router)
     install_openapi(app)
     return app

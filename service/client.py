@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,10 @@ FINISHED = frozenset({"succeeded", "failed", "canceled"})
 # Statuses worth polling through in wait(): the gateway or Redis is briefly unavailable.
 _TRANSIENT = frozenset({429, 502, 503, 504})
 _MAX_POLL_INTERVAL_S = 5.0
+# A dropped event stream is resumed this many times before wait() falls back to polling;
+# the gateway sends a keep-alive well within the read timeout.
+_STREAM_RECONNECTS = 5
+_STREAM_READ_TIMEOUT_S = 60.0
 _CHUNK = 1 << 16
 
 Job = Mapping[str, Any]
@@ -286,6 +291,40 @@ class Client:
         body: dict[str, Any] = self._request("POST", f"/jobs/{_job_id(job)}/cancel").json()
         return body
 
+    def events(
+        self,
+        job: Job | str,
+        *,
+        last_event_id: str | None = None,
+        read_timeout: float = 60.0,
+    ) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """``GET /jobs/{id}/events``: yields ``(event id, job JSON)`` on every change.
+
+        The stream ends after the job's terminal state. Pass the last id seen as
+        ``last_event_id`` to resume after a dropped connection. Raises `ApiError` when the
+        gateway refuses the stream (e.g. 404), `TransportError` when the connection drops.
+        """
+        headers = {**self._auth, "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        url = f"{self.base_url}/jobs/{_job_id(job)}/events"
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout)
+        try:
+            with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.from_response(response)
+                media = response.headers.get("content-type", "").split(";")[0].strip()
+                if media != "text/event-stream":
+                    raise ApiError(
+                        response.status_code,
+                        "Not an event stream",
+                        f"GET {url} answered {media or 'no content type'}, not text/event-stream",
+                    )
+                yield from _parse_events(response.iter_lines())
+        except httpx.TransportError as exc:
+            raise TransportError(f"the event stream of {url} broke: {exc}") from exc
+
     def wait(
         self,
         job: Job | str,
@@ -293,13 +332,17 @@ class Client:
         progress: bool = False,
         timeout: float = 600.0,
         poll_interval: float = 0.5,
+        stream: bool = True,
     ) -> dict[str, Any]:
-        """Poll until the job finishes; returns its JSON once it succeeded.
+        """Wait until the job finishes; returns its JSON once it succeeded.
 
-        Raises `JobFailed` / `JobCanceled` (with the job's error message), or `WaitTimeout`
-        after ``timeout`` seconds. The poll interval starts at ``poll_interval`` and grows
-        while nothing changes (up to 5 s); brief outages (429/5xx, connection errors) are
-        polled through. ``progress=True`` draws a bar on stderr.
+        Follows the job's event stream (``GET /jobs/{id}/events``; a dropped stream is
+        resumed with ``Last-Event-ID``) and falls back to polling when the gateway has no
+        stream or it keeps breaking (``stream=False`` polls from the start). Raises
+        `JobFailed` / `JobCanceled` (with the job's error message), or `WaitTimeout` after
+        ``timeout`` seconds. The poll interval starts at ``poll_interval`` and grows while
+        nothing changes (up to 5 s); brief outages (429/5xx, connection errors) are polled
+        through. ``progress=True`` draws a bar on stderr.
         """
         job_id = _job_id(job)
         deadline = time.monotonic() + timeout
@@ -308,6 +351,10 @@ class Client:
         last: dict[str, Any] = dict(job) if not isinstance(job, str) else {"id": job_id}
         seen: tuple[Any, ...] = ()
         try:
+            if stream:
+                streamed = self._follow(job_id, deadline, timeout, display)
+                if streamed is not None:
+                    return _finished(streamed)
             while True:
                 try:
                     last = self.get(job_id)
@@ -319,12 +366,8 @@ class Client:
                 if display is not None:
                     display.update(last)
                 status = last.get("status")
-                if status == "succeeded":
-                    return last
-                if status == "failed":
-                    raise JobFailed(last)
-                if status == "canceled":
-                    raise JobCanceled(last)
+                if status in FINISHED:
+                    return _finished(last)
                 now = time.monotonic()
                 if now >= deadline:
                     raise WaitTimeout(last, timeout)
@@ -337,6 +380,41 @@ class Client:
         finally:
             if display is not None:
                 display.close()
+
+    def _follow(
+        self, job_id: str, deadline: float, timeout: float, display: _Progress | None
+    ) -> dict[str, Any] | None:
+        """The job's terminal JSON read from its event stream; None to fall back to polling.
+
+        Raises `WaitTimeout` at the deadline; 401/404 from the stream are raised as they are
+        (polling would answer the same).
+        """
+        last: dict[str, Any] | None = None
+        last_id: str | None = None
+        for _ in range(_STREAM_RECONNECTS):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                for event_id, document in self.events(
+                    job_id, last_event_id=last_id, read_timeout=min(left, _STREAM_READ_TIMEOUT_S)
+                ):
+                    last, last_id = document, event_id or last_id
+                    if display is not None:
+                        display.update(document)
+                    if document.get("status") in FINISHED:
+                        return document
+                    if time.monotonic() >= deadline:
+                        break
+            except ApiError as exc:
+                if exc.status == 401 or (exc.type or "").endswith("job-not-found"):
+                    raise
+                return None  # no stream here (e.g. an older gateway): poll
+            except TransportError:
+                continue  # resume with Last-Event-ID
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(last or {"id": job_id}, timeout)
+        return None
 
     def download(self, job: Job | str, dest: str | os.PathLike[str]) -> list[Path]:
         """Download a succeeded job's files into directory ``dest``; returns their paths.
@@ -404,6 +482,35 @@ class Client:
             raise TransportError(f"downloading {entry['name']} failed: {exc}; retry") from exc
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _finished(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` if it succeeded; `JobFailed` / `JobCanceled` otherwise."""
+    status = job.get("status")
+    if status == "failed":
+        raise JobFailed(job)
+    if status == "canceled":
+        raise JobCanceled(job)
+    return job
+
+
+def _parse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """Server-Sent Events (the subset the gateway sends): ``id:`` and ``data:`` lines, a
+    blank line ending each event, ``:`` comments as keep-alives."""
+    event_id: str | None = None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event_id, json.loads("\n".join(data))
+            data = []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
 
 
 def _safe_name(name: str) -> str:

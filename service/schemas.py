@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.types import FiniteFloat
 
 from models.request_check import SamplerName
-from worker.requests import OutputDtype
+from worker.requests import OutputDtype, WebhookEvent
 
 __all__ = [
     "ArchitectureList",
@@ -23,12 +23,14 @@ __all__ = [
     "FieldErrorPublic",
     "GenerateRequest",
     "JobError",
+    "JobList",
     "JobPublic",
     "JobResult",
     "Limits",
     "Problem",
     "ResultFile",
     "TaskSpec",
+    "WebhookDelivery",
 ]
 
 MAX_SEED = 2**63 - 1
@@ -94,6 +96,21 @@ class GenerateRequest(_Strict):
     dtype: OutputDtype = Field(
         default="float32", description="floating-point dtype of the weights in the output files"
     )
+    webhook: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="https URL that receives the job document on the events in "
+        "webhook_events_filter, signed with Standard Webhooks (webhook-id, webhook-timestamp, "
+        "webhook-signature); it must resolve to public addresses",
+    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="which events are sent to webhook: 'start', 'progress' (throttled), "
+        "'completed' (any terminal state); default ['completed']",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -135,6 +152,17 @@ class JobError(BaseModel):
     message: str
 
 
+class WebhookDelivery(BaseModel):
+    """One attempt to deliver a webhook event."""
+
+    time: str
+    event: str
+    attempt: int
+    message_id: str = Field(description="the webhook-id header (the same for every retry)")
+    status_code: int | None = Field(description="the receiver's answer; null if none came")
+    error: str | None = Field(description="why the attempt failed (timeout, refused, ...)")
+
+
 class JobPublic(BaseModel):
     """A job as clients see it (``GET /jobs/{id}``)."""
 
@@ -155,6 +183,19 @@ class JobPublic(BaseModel):
         default=None, description="0-based place in the queue while queued"
     )
     attempts: int = 0
+    webhook_deliveries: list[WebhookDelivery] = Field(
+        default_factory=list,
+        description="attempts to deliver this job's webhook events, oldest first",
+    )
+
+
+class JobList(BaseModel):
+    """A page of the caller's jobs (``GET /jobs``), newest first."""
+
+    jobs: list[JobPublic]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null on the last page"
+    )
 
 
 class ArchitecturePublic(BaseModel):

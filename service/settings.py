@@ -24,6 +24,11 @@ class GatewaySettings(Settings):
         default=120, ge=1, description="POST /generate per API key (or client IP)"
     )
     max_body_bytes: int = Field(default=65536, ge=1024)
+    prefer_wait_max_s: int = Field(
+        default=60,
+        ge=0,
+        description="longest 'Prefer: wait=N' that POST /generate honours (0 = never waits)",
+    )
     idempotency_ttl_s: int = Field(
         default=24 * 3600,
         ge=60,

@@ -10,6 +10,7 @@ replays exactly.
 from __future__ import annotations
 
 import secrets
+from typing import get_args
 
 from models.request_check import FieldError as CheckError
 from models.request_check import check_request
@@ -17,7 +18,8 @@ from service.catalog import Catalog
 from service.problems import FieldError, ProblemError, summarize
 from service.schemas import GenerateRequest
 from service.settings import GatewaySettings
-from worker.requests import JobRequest, request_limits
+from worker.requests import JobRequest, WebhookEvent, request_limits
+from worker.webhooks import WebhookUrlError, check_url
 
 __all__ = ["invalid_request", "to_job_request"]
 
@@ -76,8 +78,9 @@ def to_job_request(
         eta=body.eta,
         limits=request_limits(settings),
     )
-    if checked is None:
-        raise invalid_request(_public(errors))
+    problems = _public(errors) + _webhook_errors(body, settings)
+    if checked is None or problems:
+        raise invalid_request(problems)
     return JobRequest(
         architecture=info.name,  # the wire name of JobRequest.generator
         task_embedding=checked.task_embedding,
@@ -88,4 +91,24 @@ def to_job_request(
         eta=checked.eta,
         dtype=body.dtype,
         owner=owner,
+        webhook=body.webhook,
+        webhook_events_filter=_events(body) if body.webhook is not None else None,
     )
+
+
+def _events(body: GenerateRequest) -> list[WebhookEvent]:
+    chosen = set(body.webhook_events_filter or ["completed"])
+    return [event for event in get_args(WebhookEvent) if event in chosen]  # in order, once
+
+
+def _webhook_errors(body: GenerateRequest, settings: GatewaySettings) -> list[FieldError]:
+    """The webhook URL's problems (resolved and checked now, and again at each delivery)."""
+    if body.webhook is None:
+        if body.webhook_events_filter is not None:
+            return [_error("webhook_events_filter", "set 'webhook' too, or leave this out")]
+        return []
+    try:
+        check_url(body.webhook, allow_private=settings.webhook_allow_private)
+    except WebhookUrlError as exc:
+        return [_error("webhook", str(exc))]
+    return []

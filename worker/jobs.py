@@ -11,7 +11,9 @@ the storage backend and the settings. `execute` runs the phases a reader would n
    metadata, floats cast to the request's `dtype`);
 4. upload all files in one `put_many` (one commit on the hub) and return the manifest.
 
-Temp files are removed whatever happens. A failure records `{"type", "message"}` in
+A request with a webhook also queues its `start` and `progress` events (`worker.job_events`);
+the worker queues `completed` once RQ has recorded the outcome. Temp files are removed
+whatever happens. A failure records `{"type", "message"}` in
 `job.meta["error"]` before RQ marks the job failed. A Redis outage while sampling does not
 stop the job: progress and cancel checks are skipped until Redis answers again.
 """
@@ -23,6 +25,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from worker.errors import InvalidRequest, JobCanceled, JobTimeout, error_type
+from worker.job_events import JobEvents
 from worker.queue.keys import cancel_key, iso, utc_now
 from worker.queue.stats import record_finished
 from worker.requests import JobRequest, check_job_request
@@ -136,9 +140,12 @@ class ProgressWriter:
     """`on_progress(fraction)` for the sampling loop: stores progress in `job.meta`, at most
     every `interval` seconds, never decreasing; a Redis error skips that write."""
 
-    def __init__(self, job: Job, interval: float) -> None:
+    def __init__(
+        self, job: Job, interval: float, after_write: Callable[[], None] | None = None
+    ) -> None:
         self.job = job
         self.interval = interval
+        self.after_write = after_write  # e.g. the job's progress webhook
         self.published = float(job.meta.get("progress", 0.0))
         self.last_write = 0.0
 
@@ -155,6 +162,8 @@ class ProgressWriter:
             return
         self.published = progress
         self.last_write = now
+        if self.after_write is not None:
+            self.after_write()
 
     def on_sampling(self, fraction: float) -> None:
         """`Generator.sample`'s `on_progress`: sampling fills 0..SAMPLING_SHARE."""
@@ -312,8 +321,16 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
     scratch: Path | None = None
     try:
         request = _validated(context, payload)
+        events = JobEvents(
+            context.connection,
+            job.id,
+            payload,
+            settings=context.settings,
+            storage=context.storage,
+        )
+        events.start()
         stop = StopCheck(context.connection, job, deadline)
-        progress = ProgressWriter(job, context.settings.progress_interval_s)
+        progress = ProgressWriter(job, context.settings.progress_interval_s, events.progress)
         stop.raise_if_stopped()
         generator, load_s = context.cache.get(request.generator)
 

@@ -20,9 +20,10 @@ from worker.registry import generator_name
 if TYPE_CHECKING:
     from worker.settings import Settings
 
-__all__ = ["JobRequest", "check_job_request", "request_limits"]
+__all__ = ["JobRequest", "OutputDtype", "WebhookEvent", "check_job_request", "request_limits"]
 
 OutputDtype = Literal["float32", "float16", "bfloat16"]
+WebhookEvent = Literal["start", "progress", "completed"]
 
 
 class JobRequest(BaseModel):
@@ -46,6 +47,8 @@ class JobRequest(BaseModel):
     eta: float = Field(default=0.0, ge=0.0, le=1.0)
     dtype: OutputDtype = "float32"
     owner: str | None = None
+    webhook: str | None = None  # checked by worker.webhooks.check_url when accepted
+    webhook_events_filter: list[WebhookEvent] | None = None  # set exactly when webhook is
 
     @field_validator("task_embedding")
     @classmethod

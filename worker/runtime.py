@@ -36,7 +36,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from worker.errors import GeneratorConfigError
-from worker.jobs import WorkerContext, install_context
+from worker.job_events import emit, wants_webhook
+from worker.jobs import WorkerContext, current_context, install_context
 from worker.queue.keys import (
     DEAD_AFTER_BEATS,
     QUEUES_KEY,
@@ -83,6 +84,21 @@ class GenerationWorker(SimpleWorker):
             super().execute_job(job, queue)
         finally:
             self.current_job_id = None
+        _completed_webhook(job)
+
+
+def _completed_webhook(job: Job) -> None:
+    # After RQ stored the outcome, so the event carries the final document.
+    request = (job.kwargs or {}).get("request") or {}
+    if wants_webhook(request, "completed"):
+        context = current_context()
+        emit(
+            context.connection,
+            job.id,
+            "completed",
+            settings=context.settings,
+            storage=context.storage,
+        )
 
 
 class Heartbeat:

@@ -83,6 +83,29 @@ class Settings(BaseSettings):
         default=0, ge=0, description="torch CPU threads per worker (0 = torch's default)"
     )
 
+    # --- webhooks (delivered by `rpg webhooks`)
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Standard Webhooks signing secret 'whsec_<base64>'; unset = generated "
+        "under data_dir",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="also allow http and private/loopback webhook targets (local use, tests)",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="per delivery attempt: connect and each read"
+    )
+    webhook_retries: int = Field(
+        default=5, ge=0, description="retries of a failed delivery, with exponential backoff"
+    )
+    webhook_backoff_s: float = Field(
+        default=2.0, gt=0, description="first retry after this many seconds; doubles each time"
+    )
+    webhook_progress_interval_s: float = Field(
+        default=2.0, ge=0, description="least seconds between two 'progress' webhook events"
+    )
+
     # --- storage
     storage: Literal["local", "s3", "hub"] = "local"
     signing_secret: str | None = Field(

@@ -7,9 +7,12 @@ key with another body is a 422. Nothing is enqueued for a request that fails val
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.deps import GatewayDep, GenerateBodyDep, OwnerDep, RateLimitDep
 from service.idempotency import (
@@ -19,8 +22,8 @@ from service.idempotency import (
     fingerprint,
 )
 from service.problems import ProblemError
-from service.routes.jobs import find_job, job_public
-from service.schemas import JobPublic
+from service.routes.jobs import FINISHED, find_job, job_public
+from service.schemas import GenerateRequest, JobPublic
 from service.state import Gateway
 from service.validation import to_job_request
 from worker.errors import QueueFull
@@ -31,6 +34,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["generate"])
 
 QUEUE_FULL_RETRY_S = 10
+WAIT_POLL_S = 0.2  # how often Prefer: wait re-reads the job
 
 # The body is read by `read_generate_body` (size cap, strict JSON), so describe it here.
 _BODY_DOC: dict[str, Any] = {
@@ -106,6 +110,51 @@ def _idempotent_enqueue(
     return view.id, False
 
 
+def _submit(
+    gateway: Gateway,
+    body: GenerateRequest,
+    owner: str | None,
+    idempotency_key: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """(job dict, replayed): validate, then enqueue (or find the job the key names)."""
+    request = to_job_request(body, catalog=gateway.catalog, settings=gateway.settings, owner=owner)
+    if idempotency_key is None:
+        return _enqueue(gateway, request).to_dict(), False  # the view of what was just written
+    digest = fingerprint(body.model_dump(mode="json"))
+    job_id, replayed = _idempotent_enqueue(gateway, request, owner, idempotency_key, digest)
+    return find_job(gateway, job_id, owner), replayed
+
+
+def preferred_wait(prefer: str | None, limit: int) -> int | None:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped at ``limit``; None if none.
+
+    ``respond-async`` in the same header wins (no wait). Malformed values are ignored, as
+    RFC 7240 asks of preferences a server does not understand.
+    """
+    if not prefer:
+        return None
+    wait: int | None = None
+    for item in prefer.split(","):
+        token = item.split(";", 1)[0].strip().lower()
+        name, _, value = token.partition("=")
+        if name.strip() == "respond-async":
+            return None
+        if name.strip() == "wait" and value.strip().strip('"').isdigit():
+            wait = int(value.strip().strip('"'))
+    return None if wait is None or limit <= 0 else min(wait, limit)
+
+
+async def _wait_until_finished(
+    gateway: Gateway, job: dict[str, Any], owner: str | None, seconds: int
+) -> dict[str, Any]:
+    """The job once finished, or as it is after ``seconds`` (reads only, every WAIT_POLL_S)."""
+    deadline = time.monotonic() + seconds
+    while job["status"] not in FINISHED and time.monotonic() < deadline:
+        await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+        job = await run_in_threadpool(find_job, gateway, job["id"], owner)
+    return job
+
+
 @router.post(
     "/generate",
     status_code=202,
@@ -113,7 +162,7 @@ def _idempotent_enqueue(
     responses=_RESPONSES,
     openapi_extra=_BODY_DOC,
 )
-def generate(
+async def generate(
     response: Response,
     gateway: GatewayDep,
     owner: OwnerDep,
@@ -126,22 +175,29 @@ def generate(
             description="any unique string (e.g. a UUID); retries with it return the same job",
         ),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            description="'wait=N': answer with the finished job (200) if it finishes within N "
+            "seconds (capped by RPG_PREFER_WAIT_MAX_S), else 202 as usual",
+        ),
+    ] = None,
 ) -> JobPublic:
     """Queue a request to generate ``num_samples`` weight sets of ``architecture``.
 
     The job document echoes the request with every default filled in (seed included), so
     sending that request again reproduces the same weights.
     """
-    request = to_job_request(body, catalog=gateway.catalog, settings=gateway.settings, owner=owner)
-    if idempotency_key is None:
-        job = _enqueue(gateway, request).to_dict()  # the view of what was just written
-        replayed = False
-    else:
-        digest = fingerprint(body.model_dump(mode="json"))
-        job_id, replayed = _idempotent_enqueue(gateway, request, owner, idempotency_key, digest)
-        job = find_job(gateway, job_id, owner)
+    job, replayed = await run_in_threadpool(_submit, gateway, body, owner, idempotency_key)
     response.headers["Location"] = f"/jobs/{job['id']}"
     if replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
+    wait = preferred_wait(prefer, gateway.settings.prefer_wait_max_s)
+    if wait is not None:
+        job = await _wait_until_finished(gateway, job, owner, wait)
+        if job["status"] in FINISHED:
+            response.status_code = 200
+            response.headers["Preference-Applied"] = f"wait={wait}"
     return job_public(job)

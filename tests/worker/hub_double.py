@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -203,15 +204,21 @@ class HubDouble:
             raise _Reply(400, "a commit payload starts with a 'header' line")
         header = lines[0]["value"]
         files: dict[str, bytes] = {}
+        deleted: list[str] = []
         for line in lines[1:]:
             value = line["value"]
+            if line["key"] == "deletedFile":
+                if value["path"] not in repo.commits[repo.branches[branch]].tree:
+                    raise _Reply(404, f"cannot delete {value['path']}: no such file")
+                deleted.append(value["path"])
+                continue
             if line["key"] != "file" or value.get("encoding") != "base64":
                 raise _Reply(
                     422, f"the hub double stores only inline base64 files, got {line['key']}"
                 )
             files[value["path"]] = base64.b64decode(value["content"], validate=True)
         oid = self._add_commit(
-            repo, branch, header["summary"], header.get("description", ""), files
+            repo, branch, header["summary"], header.get("description", ""), files, deleted
         )
         prefix = "datasets/" if repo.repo_type == "dataset" else ""
         return {
@@ -253,11 +260,19 @@ class HubDouble:
     # --- helpers -----------------------------------------------------------------------
 
     def _add_commit(
-        self, repo: Repo, branch: str, summary: str, description: str, files: dict[str, bytes]
+        self,
+        repo: Repo,
+        branch: str,
+        summary: str,
+        description: str,
+        files: dict[str, bytes],
+        deleted: Sequence[str] = (),
     ) -> str:
         parent = repo.branches.get(branch)
         tree = dict(repo.commits[parent].tree) if parent else {}
         tree.update(files)
+        for path in deleted:
+            tree.pop(path, None)
         self._counter += 1
         seed = json.dumps([parent, summary, self._counter, sorted(files)]).encode()
         oid = hashlib.sha1(seed).hexdigest()

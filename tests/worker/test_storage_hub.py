@@ -215,3 +215,19 @@ def test_bad_settings_rejected(
 ) -> None:
     with pytest.raises(error):
         _storage(_settings(hub, **overrides))
+
+
+def test_delete_many_removes_files_and_card_from_the_branch(hub: HubDouble, tmp_path: Path) -> None:
+    settings = _settings(hub)
+    storage = _storage(settings)
+    files = _job_files(tmp_path, "gone", count=2)
+    version = storage.put_many(files).version
+    keys = [key for _, key in files]
+    storage.delete_many(keys, version=version)
+    repo = hub.repo(settings.repo_id)
+    head = repo.commits[repo.branches["main"]]
+    assert not [path for path in head.tree if path.startswith("jobs/gone/")]
+    assert httpx.get(f"{hub.url}/{settings.repo_id}/resolve/main/{keys[0]}").status_code == 404
+    commits = len(repo.history())
+    storage.delete_many(keys, version=version)  # nothing left: no empty commit
+    assert len(repo.history()) == commits

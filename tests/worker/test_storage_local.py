@@ -173,3 +173,19 @@ def test_factory_needs_the_chosen_section() -> None:
         make_storage(StorageSettings(backend="local"))
     with pytest.raises(StorageConfigError, match="unknown storage backend"):
         make_storage(StorageSettings(backend="ftp"))  # type: ignore[arg-type]
+
+
+def test_delete_many_removes_the_files_and_their_folder(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    keys = [f"jobs/j1/sample_{i:03d}.safetensors" for i in range(2)]
+    storage.put_many([(_source(tmp_path, f"s{i}", b"x" * (i + 1)), k) for i, k in enumerate(keys)])
+    storage.put(_source(tmp_path, "other", b"other"), "jobs/j2/sample_000.safetensors")
+    folder = resolve_local_path(tmp_path / "data", keys[0]).parent
+    assert folder.is_dir()
+    storage.delete_many(keys)
+    assert not folder.exists()
+    assert resolve_local_path(tmp_path / "data", "jobs/j2/sample_000.safetensors").is_file()
+    storage.delete_many(keys)  # again: nothing left to delete is fine
+    with pytest.raises(StorageKeyError):
+        storage.delete_many(["../escape"])

@@ -225,3 +225,15 @@ def test_bad_settings_rejected(
 ) -> None:
     with pytest.raises(error, match=match):
         _storage(s3_env, **overrides)
+
+
+def test_delete_many_makes_the_urls_fail(
+    s3_env: S3Env, gate: PresignedGate, tmp_path: Path
+) -> None:
+    storage = _storage(s3_env)
+    key, data = _upload(storage, tmp_path)
+    url = storage.url(key)
+    assert httpx.get(url).content == data
+    storage.delete_many([key])
+    assert httpx.get(url).status_code == 404
+    storage.delete_many([key])  # deleting twice is fine

@@ -10,6 +10,8 @@ import redis as redis_lib
 from rq.exceptions import InvalidJobOperation
 
 from worker.errors import JobNotFound, QueueFull
+from worker.job_events import emit
+from worker.queue.collection import index_job, owner_index_key
 from worker.queue.keys import (
     JOB_FUNCTION,
     QUEUES_KEY,
@@ -68,6 +70,7 @@ def submit(connection: redis_lib.Redis, request: JobRequest, *, settings: Settin
         queue.enqueue_job(job, pipeline=pipe)
         pushed_at = len(pipe.command_stack) - 1  # enqueue_job's last command is the push
         pipe.sadd(QUEUES_KEY, queue.name)
+        index_job(pipe, request.owner, job.id, settings=settings)
         pipe.eval(_DEPTH_SCRIPT, 1, QUEUES_KEY)
         results = pipe.execute()
     depth = int(results[-1])
@@ -75,6 +78,7 @@ def submit(connection: redis_lib.Redis, request: JobRequest, *, settings: Settin
         with connection.pipeline() as pipe:
             pipe.lrem(queue.key, 0, job.id)
             pipe.delete(job.key)
+            pipe.zrem(owner_index_key(request.owner), job.id)
             pipe.execute()
         raise QueueFull(depth - 1, settings.max_queue_depth)
     return JobView(
@@ -124,6 +128,7 @@ def cancel(
             canceled = True
         connection.expire(job.key, settings.result_ttl_s)
         if canceled:
+            emit(connection, job_id, "completed", settings=settings, storage=storage)
             record_finished(
                 connection,
                 status="canceled",

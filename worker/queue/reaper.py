@@ -20,6 +20,7 @@ from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from worker.job_events import emit
 from worker.queue.keys import (
     QUEUES_KEY,
     WORKERS_KEY,
@@ -105,6 +106,7 @@ def _reap(connection: redis_lib.Redis, job_id: str, *, settings: Settings) -> bo
         if canceled:
             error = {"type": "Canceled", "message": "canceled by the client (its worker stopped)"}
         _fail(connection, job, error, settings)
+        emit(connection, job.id, "completed", settings=settings)  # its webhook, if any
         return True
     finally:
         connection.delete(lock)

@@ -27,6 +27,7 @@ from worker.queue.keys import (
     rq_queue,
     worker_key,
 )
+from worker.webhooks import deliveries
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -72,6 +73,7 @@ class JobView:
     attempts: int = 0  # attempts started (more than one after a worker died)
     cancel_requested: bool = False
     queue_position: int | None = None  # 0-based, while queued
+    webhook_deliveries: list[dict[str, Any]] = field(default_factory=list)  # attempts, oldest first
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of all fields."""
@@ -201,6 +203,7 @@ def get_job(
         attempts=int(meta.get("attempts", 0)),
         cancel_requested=bool(connection.exists(cancel_key(job.id))),
         queue_position=position,
+        webhook_deliveries=deliveries(connection, job.id) if request.get("webhook") else [],
     )
 
 

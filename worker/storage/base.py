@@ -161,6 +161,13 @@ class Storage(Protocol):
             self.put(local_path, key)
         return PutResult(keys=tuple(key for _, key in checked))
 
+    def delete_many(self, keys: Sequence[str], *, version: str | None = None) -> None:
+        """Remove a job's files (all of ``keys``, as uploaded together); missing ones are fine.
+
+        Afterwards `url` no longer serves them (for ``hub``: see `HubStorage.delete_many`).
+        """
+        ...
+
 
 def refuse_version(backend: str, version: str | None) -> None:
     """Raise if a version is passed to a backend that keeps none (a sign of mixed-up backends)."""

@@ -151,6 +151,58 @@ class HubStorage(Storage):
         )
         return url
 
+    def delete_many(self, keys: Sequence[str], *, version: str | None = None) -> None:
+        """Remove the files and their model card from the branch in one commit.
+
+        The Hub keeps history: URLs pinned to the upload's commit keep resolving until the
+        repo's history is squashed (``HfApi.super_squash_history``), but the gateway no
+        longer hands them out once the job is deleted.
+        """
+        from huggingface_hub import CommitOperationDelete
+
+        paths = [self.path_in_repo(key) for key in keys]
+        if not paths:
+            return
+        folders = {posixpath.dirname(path) for path in paths}
+        targets = sorted(paths) + [f"{folder}/{CARD_NAME}" for folder in sorted(folders) if folder]
+        present = self._present(targets)
+        if not present:
+            return  # already gone: deleting twice is fine
+        operations = [CommitOperationDelete(path_in_repo=path) for path in present]
+        with self._lock:
+            try:
+                self._api.create_commit(
+                    repo_id=self._settings.repo_id,
+                    operations=operations,
+                    commit_message=f"Delete {len(paths)} generated file(s)",
+                    repo_type=self._settings.repo_type,
+                    revision=self._settings.revision,
+                )
+            except Exception as exc:
+                raise StorageError(
+                    f"hub delete in {self._settings.repo_id!r} at {self.endpoint} failed: {exc}"
+                ) from exc
+            for key in keys:
+                self._commits.pop(key, None)
+
+    def _present(self, paths: Sequence[str]) -> list[str]:
+        """Which of ``paths`` exist on the branch (the Hub refuses to delete missing files)."""
+        try:
+            return [
+                path
+                for path in paths
+                if self._api.file_exists(
+                    self._settings.repo_id,
+                    path,
+                    repo_type=self._settings.repo_type,
+                    revision=self._settings.revision,
+                )
+            ]
+        except Exception as exc:
+            raise StorageError(
+                f"hub repo {self._settings.repo_id!r} at {self.endpoint} could not be read: {exc}"
+            ) from exc
+
     def _commit(
         self,
         checked: Sequence[tuple[Path, str]],

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from worker.signing import files_root, resolve_local_path, signed_url
@@ -76,6 +77,23 @@ class LocalStorage(Storage):
         return signed_url(
             self._settings.public_base_url, key, self._settings.secret, self._settings.url_ttl_s
         )
+
+    def delete_many(self, keys: Sequence[str], *, version: str | None = None) -> None:
+        """Unlink each key's file, then its folder once empty; signed URLs then answer 404."""
+        refuse_version(self.name, version)
+        folders: set[Path] = set()
+        for key in keys:
+            validate_key(key)
+            path = resolve_local_path(self._settings.data_dir, key)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"local storage could not delete {key!r}: {exc}") from exc
+            folders.add(path.parent)
+        for folder in folders:
+            if folder != self.root:
+                with contextlib.suppress(OSError):  # not empty (other files): keep it
+                    folder.rmdir()
 
 
 def _atomic_copy(source: Path, destination: Path) -> None:

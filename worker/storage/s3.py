@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,30 @@ class S3Storage(Storage):
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"could not presign {key!r}: {exc}") from exc
         return url
+
+    def delete_many(self, keys: Sequence[str], *, version: str | None = None) -> None:
+        """Delete the objects (one request per 1000 keys); presigned URLs then answer 404."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        refuse_version(self.name, version)
+        names = [self.object_key(key) for key in keys]
+        for start in range(0, len(names), 1000):
+            batch = [{"Key": name} for name in names[start : start + 1000]]
+            try:
+                answer = self._client.delete_objects(
+                    Bucket=self._settings.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except (BotoCoreError, ClientError) as exc:
+                raise StorageError(
+                    f"s3 delete in bucket {self._settings.bucket!r} failed: {exc}"
+                ) from exc
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"s3 could not delete {len(errors)} object(s), e.g. {first.get('Key')!r}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
 
     def _ensure_bucket(self) -> None:
         """Create the bucket on first use when ``create_bucket`` is set."""
