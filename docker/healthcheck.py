@@ -5,6 +5,8 @@
     rpg-healthcheck worker                a worker on this host (the container's hostname) has a
                                           fresh heartbeat in Redis: it loaded its generators,
                                           reaches Redis, and its heartbeat thread runs.
+    rpg-healthcheck webhooks              an RQ worker on this host serves the webhook queue
+                                          (`rpg webhooks`: RQ keeps its registration fresh).
 
 Exit 0 = healthy, 1 = unhealthy (Docker's convention); the reason goes to stdout, which Docker
 keeps in `docker inspect --format '{{json .State.Health}}' CONTAINER`.
@@ -36,10 +38,13 @@ def check_gateway(url: str, timeout_s: float) -> tuple[bool, str]:
 # (seconds of CPU on every check); tests/test_deploy.py checks that they agree.
 WORKERS_KEY = "rpg:workers"
 WORKER_KEY_PREFIX = "rpg:worker:"
+# worker.webhooks.WEBHOOK_QUEUE and RQ's registry of workers (a set of their hash keys).
+WEBHOOK_QUEUE = "rpg-webhooks"
+RQ_WORKERS_KEY = "rq:workers"
 
 
-def check_worker(hostname: str) -> tuple[bool, str]:
-    """Whether a worker whose heartbeat names `hostname` is alive (settings from RPG_*)."""
+def _client():  # type: ignore[no-untyped-def]
+    """A Redis client from RPG_* settings that fails fast (never starts an embedded server)."""
     import redis
 
     from worker.redis_embedded import socket_path
@@ -47,15 +52,19 @@ def check_worker(hostname: str) -> tuple[bool, str]:
 
     settings = Settings()
     if settings.redis_url:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=3, socket_connect_timeout=3
-        )
-    else:  # the worker's embedded server: connect only, never start one from a health check
-        client = redis.Redis(
-            unix_socket_path=str(socket_path(settings.data_dir)),
-            socket_timeout=3,
-            socket_connect_timeout=3,
-        )
+        return redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    return redis.Redis(
+        unix_socket_path=str(socket_path(settings.data_dir)),
+        socket_timeout=3,
+        socket_connect_timeout=3,
+    )
+
+
+def check_worker(hostname: str) -> tuple[bool, str]:
+    """Whether a worker whose heartbeat names `hostname` is alive (settings from RPG_*)."""
+    import redis
+
+    client = _client()
     try:
         names = sorted(n.decode() for n in client.smembers(WORKERS_KEY))  # type: ignore[union-attr]
         beats = client.mget([WORKER_KEY_PREFIX + n for n in names]) if names else []
@@ -70,16 +79,45 @@ def check_worker(hostname: str) -> tuple[bool, str]:
     return True, f"live: {', '.join(mine)}"
 
 
+def check_webhooks(hostname: str) -> tuple[bool, str]:
+    """Whether an RQ worker on `hostname` serves the webhook queue (settings from RPG_*)."""
+    import redis
+
+    client = _client()
+    try:
+        keys = sorted(client.smembers(RQ_WORKERS_KEY))  # type: ignore[union-attr]
+        with client.pipeline() as pipe:
+            for key in keys:
+                pipe.hmget(key, "hostname", "queues")
+            rows = pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        return False, f"Redis unreachable: {exc}"
+    finally:
+        client.close()
+    mine = [
+        key.decode()
+        for key, (host, queues) in zip(keys, rows, strict=True)
+        if host is not None
+        and host.decode() == hostname
+        and WEBHOOK_QUEUE in (queues or b"").decode().split(",")
+    ]
+    if not mine:
+        return False, f"no webhook sender on host {hostname!r}"
+    return True, f"live: {', '.join(mine)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one check; 0 healthy, 1 not."""
     parser = argparse.ArgumentParser(prog="rpg-healthcheck", description=__doc__)
-    parser.add_argument("role", choices=["gateway", "worker"])
+    parser.add_argument("role", choices=["gateway", "worker", "webhooks"])
     parser.add_argument("--url", help="gateway liveness URL (default: 127.0.0.1:$RPG_PORT/healthz)")
     parser.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
     args = parser.parse_args(argv)
     if args.role == "gateway":
         url = args.url or f"http://127.0.0.1:{os.environ.get('RPG_PORT', '8000')}/healthz"
         healthy, reason = check_gateway(url, args.timeout)
+    elif args.role == "webhooks":
+        healthy, reason = check_webhooks(socket.gethostname())
     else:
         healthy, reason = check_worker(socket.gethostname())
     print(("healthy: " if healthy else "unhealthy: ") + reason)

@@ -34,7 +34,7 @@ DOCKERFILES = {
     "gateway": ROOT / "docker" / "gateway.Dockerfile",
     "worker": ROOT / "docker" / "worker.Dockerfile",
 }
-APP_SERVICES = ("gateway", "worker", "worker-cpu")  # built from our Dockerfiles
+APP_SERVICES = ("gateway", "worker", "worker-cpu", "webhooks")  # built from our Dockerfiles
 SETTINGS_VARIABLES = {f"RPG_{name}".upper() for name in Settings.model_fields}
 
 
@@ -349,6 +349,7 @@ def test_services(compose: dict[str, Any]) -> None:
         "gateway",
         "worker",
         "worker-cpu",
+        "webhooks",
     }
     for name, service in compose["services"].items():
         if name == "minio-init":
@@ -495,7 +496,8 @@ def test_compose_commands_are_real_rpg_commands(compose: dict[str, Any], name: s
     command = service["command"]
     assert isinstance(command, list), f"{name}: use the exec (list) form"
     args = build_parser().parse_args(command)
-    assert args.command == ("serve" if name == "gateway" else "worker")
+    expected = {"gateway": "serve", "webhooks": "webhooks"}.get(name, "worker")
+    assert args.command == expected
     if name.startswith("worker"):
         assert args.device == ("cuda" if name == "worker" else "cpu")
         # the CPU image's own HEALTHCHECK is the gateway's: workers must override it
@@ -639,3 +641,26 @@ def test_readme_has_the_current_settings_table() -> None:
     table = _load_script("settings_table").settings_table()
     doc = (ROOT / "README.md").read_text()
     assert table in doc, "regenerate it: .venv/bin/python docker/settings_table.py"
+
+
+def test_webhooks_healthcheck_follows_the_sender(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+    from rq import SimpleWorker
+
+    from worker.webhooks import WEBHOOK_QUEUE, webhook_queue
+
+    healthcheck = _load_script("healthcheck")
+    assert healthcheck.WEBHOOK_QUEUE == WEBHOOK_QUEUE
+    monkeypatch.setenv("RPG_REDIS_URL", redis_url)
+    assert healthcheck.main(["webhooks"]) == 1
+    client = redis.Redis.from_url(redis_url)
+    queue = webhook_queue(client)
+    sender = SimpleWorker([queue], connection=client, serializer=queue.serializer)
+    sender.register_birth()
+    assert healthcheck.main(["webhooks"]) == 0
+    assert sender.name in capsys.readouterr().out
+    sender.register_death()
+    assert healthcheck.main(["webhooks"]) == 1
+    client.close()
