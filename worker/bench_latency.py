@@ -4,7 +4,8 @@
 
 Starts `rpg worker` as a subprocess (one torch thread), waits until it heart-beats, then
 enqueues one job at a time and prints the worker's own timings (queue wait, generator load,
-sampling + writing, upload, total) beside the wall time the client saw (enqueue -> done).
+sampling, writing + hashing, upload, total) beside the wall time the client saw (enqueue ->
+done, polling every 5 ms), and the share of that wall time that is not sampling.
 """
 
 from __future__ import annotations
@@ -65,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 time.sleep(0.005)
             wall = time.perf_counter() - begin
-            timings = json.dumps((view.result or {}).get("timings"))
+            timings = (view.result or {}).get("timings") or {}
+            sampling = float(timings.get("sample_s", 0.0))
+            overhead = wall - sampling
             print(
-                f"job {index}: {view.status.value}, client wall {wall:.3f} s, worker timings {timings}"
+                f"job {index}: {view.status.value}, client wall {wall:.3f} s, sampling "
+                f"{sampling:.3f} s, everything else {overhead:.3f} s "
+                f"({100 * overhead / wall:.1f}% of the wall time); worker timings "
+                f"{json.dumps(timings)}"
             )
     finally:
         worker.terminate()

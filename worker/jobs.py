@@ -336,12 +336,14 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
 
         start = time.perf_counter()
         samples = _sample(context, generator, request, stop, progress)
+        sample_s = time.perf_counter() - start
+        start = time.perf_counter()
         tmp_root = context.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=tmp_root))
         written = _write(scratch, generator, request, job.id, samples)
         del samples
-        sample_s = time.perf_counter() - start
+        write_s = time.perf_counter() - start
         stop.raise_if_stopped()
         progress.publish(WRITTEN_SHARE, force=True)
 
@@ -358,6 +360,7 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
                 "queue_wait_s": round(queue_wait, 4),
                 "load_s": round(load_s, 4),
                 "sample_s": round(sample_s, 4),
+                "write_s": round(write_s, 4),
                 "upload_s": round(upload_s, 4),
                 "total_s": round(queue_wait + time.perf_counter() - begin, 4),
             },
