@@ -5,7 +5,16 @@ with its tokenizer and config; `from_pretrained`, `save_pretrained`, `sample`). 
 zoos and evaluation live in `models.training`, `models.zoo`, `models.evaluation`.
 """
 
+from models.diffusion.samplers import SAMPLERS, SamplerName
+from models.errors import SamplingStopped
 from models.generator import ConditionError, Generator
 from models.tokenizer import ParameterTokenizer
 
-__all__ = ["ConditionError", "Generator", "ParameterTokenizer"]
+__all__ = [
+    "SAMPLERS",
+    "ConditionError",
+    "Generator",
+    "ParameterTokenizer",
+    "SamplerName",
+    "SamplingStopped",
+]

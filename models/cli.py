@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import PRESETS
+from models.diffusion.samplers import SAMPLERS
 
 
 def register(subparsers: Any) -> None:
@@ -82,7 +83,7 @@ def register(subparsers: Any) -> None:
     )
     sample.add_argument("-n", "--num-samples", type=int, default=1)
     sample.add_argument("--seed", type=int, help="seed (default: random, printed)")
-    sample.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    sample.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     sample.add_argument(
         "--steps", type=int, default=50, help="DDIM steps (DDPM always uses all timesteps)"
     )

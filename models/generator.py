@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ from torch import Tensor
 
 from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
 from models.config import RPGConfig
+from models.diffusion.samplers import OnProgress, SamplerName, ShouldStop
+from models.errors import SamplingStopped
 from models.rpg import RPGModel
 from models.tokenizer import ParameterTokenizer
 
-# Called with (samples done + fraction of the current sample, num_samples); may raise to stop.
-ProgressCallback = Callable[[float, int], None]
+__all__ = ["DTYPES", "ConditionError", "Generator", "SamplingStopped", "derive_seed"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -192,28 +193,25 @@ class Generator:
         num_samples: int = 1,
         condition: Any = None,
         seed: int | None = None,
-        sampler: str = "ddim",
+        sampler: SamplerName = "ddim",
         steps: int = 50,
         *,
         eta: float = 0.0,
         permutation_state: int | None = None,
         dtype: str | torch.dtype = "float32",
         chunk_size: int = 1024,
-        progress: ProgressCallback | None = None,
-        start_index: int = 0,
+        should_stop: ShouldStop | None = None,
+        on_progress: OnProgress | None = None,
     ) -> list[dict[str, Tensor]]:
         """Generate `num_samples` state dicts of the target architecture.
 
         `dtype` is the compute precision (autocast); the returned tensors keep the zoo's
-        dtypes. `progress(done, total)` is called between token chunks (done is fractional);
-        an exception raised from it stops sampling (that is how jobs are canceled).
-        Sample k is the `start_index + k`-th of the request seeded with `seed`, so a caller
-        can produce a request's samples one at a time.
+        dtypes. `should_stop()` is checked before every denoiser step; when it returns True
+        sampling ends and `SamplingStopped` is raised. `on_progress(fraction)` is called after
+        every denoiser step with the fraction (0..1, never decreasing) of the whole call done.
         """
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
-        if start_index < 0:
-            raise ValueError("start_index must be >= 0")
         cond = self.make_condition(condition)
         seed = secrets.randbits(63) if seed is None else int(seed)
         compute_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -226,9 +224,7 @@ class Generator:
         results = []
         try:
             for index in range(num_samples):
-                rng = torch.Generator(device=device).manual_seed(
-                    derive_seed(seed, start_index + index)
-                )
+                rng = torch.Generator(device=device).manual_seed(derive_seed(seed, index))
                 ids = torch.randint(0, states, (1,), device=device, generator=rng)
                 if permutation_state is not None:
                     ids.fill_(permutation_state)
@@ -239,9 +235,9 @@ class Generator:
                 )  # (1, L, T)
                 batch_cond = None if cond is None else cond.to(device).unsqueeze(0)  # (1, dim)
 
-                def on_chunk(done: int, total: int, index: int = index) -> None:
-                    if progress is not None:
-                        progress(index + done / total, num_samples)
+                def report(fraction: float, index: int = index) -> None:
+                    if on_progress is not None:
+                        on_progress((index + fraction) / num_samples)
 
                 tokens = self.model.sample_tokens(
                     noise,
@@ -253,7 +249,8 @@ class Generator:
                     chunk_size=chunk_size,
                     generator=rng,
                     autocast_dtype=compute_dtype,
-                    callback=on_chunk,
+                    should_stop=should_stop,
+                    on_progress=report,
                 )
                 results.append(self.tokenizer.decode(tokens[0].cpu()))
         finally:

@@ -9,18 +9,21 @@ No IO here: bundles and training live elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from models.backbones import build_backbone
 from models.config import RPGConfig
-from models.diffusion import SAMPLERS, ConvUNetDenoiser, NoiseSchedule, diffusion_loss
+from models.diffusion import (
+    SAMPLER_FUNCTIONS,
+    SAMPLERS,
+    ConvUNetDenoiser,
+    NoiseSchedule,
+    OnProgress,
+    ShouldStop,
+    diffusion_loss,
+)
 from models.position import PositionEmbedding
-
-# Called between token chunks with (tokens done, tokens total); may raise to stop sampling.
-ChunkCallback = Callable[[int, int], None]
 
 
 class RPGModel(nn.Module):
@@ -122,15 +125,18 @@ class RPGModel(nn.Module):
         chunk_size: int = 1024,
         generator: torch.Generator | None = None,
         autocast_dtype: torch.dtype | None = None,
-        callback: ChunkCallback | None = None,
+        should_stop: ShouldStop | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Tensor:
         """Denoise `noise` (B, L, T) into parameter tokens, `chunk_size` tokens per denoiser call.
 
         All tokens of a model are independent given their prototypes, so chunks are denoised
-        one after another with bounded memory. The caller sets eval mode.
+        one after another with bounded memory. `should_stop()` is checked before every
+        denoiser step (True raises `SamplingStopped`); `on_progress(fraction of this call)` is
+        called after every denoiser step of every chunk. The caller sets eval mode.
         """
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         device_type = noise.device.type
@@ -143,17 +149,27 @@ class RPGModel(nn.Module):
         out = torch.empty_like(flat_noise)
         for start in range(0, total, chunk_size):
             stop = min(start + chunk_size, total)
-            kwargs: dict[str, object] = {"generator": generator}
+            kwargs: dict[str, object] = {"generator": generator, "should_stop": should_stop}
             if sampler == "ddim":
                 kwargs.update(steps=steps, eta=eta)
+            if on_progress is not None:
+                kwargs["on_progress"] = _chunk_progress(on_progress, start, stop, total)
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
-                out[start:stop] = SAMPLERS[sampler](
+                out[start:stop] = SAMPLER_FUNCTIONS[sampler](
                     self.denoiser,
                     self.schedule,
                     flat_noise[start:stop],
                     flat_proto[start:stop],
                     **kwargs,
                 ).float()
-            if callback is not None:
-                callback(stop, total)
         return out.reshape(noise.shape)  # (B, L, T)
+
+
+def _chunk_progress(on_progress: OnProgress, start: int, stop: int, total: int) -> OnProgress:
+    """Map a chunk's own fraction done to the fraction of all `total` tokens (weighted by rows,
+    so the whole call rises evenly and never goes back)."""
+
+    def report(fraction: float) -> None:
+        on_progress(min(1.0, (start + fraction * (stop - start)) / total))
+
+    return report

@@ -9,8 +9,12 @@ from __future__ import annotations
 from models.diffusion.denoiser import ConvUNetDenoiser, timestep_embedding
 from models.diffusion.loss import diffusion_loss
 from models.diffusion.samplers import (
+    SAMPLER_FUNCTIONS,
     SAMPLERS,
     Denoiser,
+    OnProgress,
+    SamplerName,
+    ShouldStop,
     Spacing,
     ddim_timesteps,
     sample_ddim,
@@ -20,10 +24,14 @@ from models.diffusion.schedule import NoiseSchedule, ScheduleKind, extract
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_FUNCTIONS",
     "ConvUNetDenoiser",
     "Denoiser",
     "NoiseSchedule",
+    "OnProgress",
+    "SamplerName",
     "ScheduleKind",
+    "ShouldStop",
     "Spacing",
     "ddim_timesteps",
     "diffusion_loss",

@@ -1,7 +1,9 @@
 """Samplers: turn noise into tokens with a trained denoiser (DDPM and DDIM).
 
-Each sampler is a pure function of (denoiser, schedule, noise, condition, generator): no IO,
-no global state, no global RNG. All randomness comes from `generator` (on the device of
+Each sampler is a pure function of (denoiser, schedule, noise, condition, generator) plus two
+optional callables: `should_stop()`, checked before every denoiser step (True ends the loop
+with `SamplingStopped`), and `on_progress(fraction)`, called after every denoiser step with
+the fraction of this call's steps done (rising to 1.0). No IO, no global state, no global RNG. All randomness comes from `generator` (on the device of
 `noise`), so a fixed generator state gives the same bits on the same device. They never
 switch the denoiser between train and eval mode and never touch grad mode: the caller
 decides (sampling with BatchNorm wants `eval()` and `torch.no_grad()`).
@@ -24,11 +26,31 @@ import torch
 from torch import Tensor
 
 from models.diffusion.schedule import NoiseSchedule
+from models.errors import SamplingStopped
 
-__all__ = ["SAMPLERS", "Denoiser", "Spacing", "ddim_timesteps", "sample_ddim", "sample_ddpm"]
+__all__ = [
+    "SAMPLERS",
+    "SAMPLER_FUNCTIONS",
+    "Denoiser",
+    "OnProgress",
+    "SamplerName",
+    "ShouldStop",
+    "Spacing",
+    "ddim_timesteps",
+    "sample_ddim",
+    "sample_ddpm",
+]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 """`denoiser(x_t (N, D), t (N,) int64, cond (N, C)) -> predicted noise (N, D)`."""
+ShouldStop = Callable[[], bool]
+"""Checked before every denoiser step; returning True stops sampling (`SamplingStopped`)."""
+OnProgress = Callable[[float], None]
+"""Called after every denoiser step with the fraction done (0..1, never decreasing)."""
+
+SamplerName = Literal["ddim", "ddpm"]
+SAMPLERS: tuple[SamplerName, ...] = ("ddim", "ddpm")
+"""Every sampler name, in one place: CLIs, requests and validation read this tuple."""
 
 Spacing = Literal["uniform", "trailing", "leading"]
 _SPACINGS: tuple[str, ...] = ("uniform", "trailing", "leading")
@@ -81,6 +103,8 @@ def sample_ddpm(
     *,
     generator: torch.Generator | None = None,
     clip_x0: float | None = None,
+    should_stop: ShouldStop | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Tensor:
     """Ancestral sampling of Ho et al. (2020), Algorithm 2, through all T steps.
 
@@ -98,8 +122,10 @@ def sample_ddpm(
     variance = _as_floats(schedule.posterior_variance)
 
     x = noise.to(torch.float32)
-    for t in range(schedule.num_timesteps - 1, -1, -1):
+    total = schedule.num_timesteps
+    for t in range(total - 1, -1, -1):
         # 1. predict the noise in x_t
+        _check_stop(should_stop, total - 1 - t, total)
         eps = _predict(denoiser, x, t, cond)
         # 2. predicted x0 from x_t = sqrt(a_t) x0 + sqrt(b_t) eps (Ho et al. eq. 4, solved
         #    for x0 as in eq. 15)
@@ -117,6 +143,8 @@ def sample_ddpm(
             x = mean + math.sqrt(variance[t]) * z
         else:
             x = mean
+        if on_progress is not None:
+            on_progress((total - t) / total)
     return x
 
 
@@ -131,6 +159,8 @@ def sample_ddim(
     spacing: Spacing = "trailing",
     generator: torch.Generator | None = None,
     clip_x0: float | None = None,
+    should_stop: ShouldStop | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Tensor:
     """DDIM sampling of Song et al. (2021), eq. 12, over `steps` timesteps.
 
@@ -158,6 +188,7 @@ def sample_ddim(
         a_prev = 1.0 if is_last else alphas_cumprod[timesteps[i + 1]]
         b_t = 1.0 - a_t
         # 2. predict the noise in x_t
+        _check_stop(should_stop, i, len(timesteps))
         eps = _predict(denoiser, x, t, cond)
         # 3. "predicted x0" of eq. 12: (x_t - sqrt(b_t) eps) / sqrt(a_t)
         x0 = (x - math.sqrt(b_t) * eps) / math.sqrt(a_t)
@@ -176,11 +207,22 @@ def sample_ddim(
         if gen is not None and not is_last:
             z = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
             x = x + sigma * z
+        if on_progress is not None:
+            on_progress((i + 1) / len(timesteps))
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim}
-"""Sampler by name: `SAMPLERS[name](denoiser, schedule, noise, cond, **options)`."""
+SAMPLER_FUNCTIONS: dict[SamplerName, Callable[..., Tensor]] = {
+    "ddim": sample_ddim,
+    "ddpm": sample_ddpm,
+}
+"""Sampler by name: `SAMPLER_FUNCTIONS[name](denoiser, schedule, noise, cond, **options)`."""
+assert tuple(SAMPLER_FUNCTIONS) == SAMPLERS
+
+
+def _check_stop(should_stop: ShouldStop | None, done: int, total: int) -> None:
+    if should_stop is not None and should_stop():
+        raise SamplingStopped(f"sampling stopped by the caller after {done} of {total} steps")
 
 
 def _predict(denoiser: Denoiser, x: Tensor, t: int, cond: Tensor) -> Tensor:
