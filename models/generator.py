@@ -219,40 +219,37 @@ class Generator:
         if permutation_state is not None and not 0 <= permutation_state < states:
             raise ValueError(f"permutation_state must be in [0, {states - 1}]")
         device = self.device
+        shape = (num_samples, self.tokenizer.num_tokens, self.tokenizer.token_size)
+        noise = torch.empty(shape, device=device)  # (N, L, T)
+        ids = torch.empty((num_samples,), dtype=torch.long, device=device)  # (N,)
+        generators = []
+        for index in range(num_samples):
+            # Sample i's permutation state, initial noise and every later noise draw come from
+            # its own generator, so it is the same whatever num_samples is.
+            rng = torch.Generator(device=device).manual_seed(derive_seed(seed, index))
+            ids[index] = int(torch.randint(0, states, (1,), device=device, generator=rng))
+            noise[index].normal_(generator=rng)
+            generators.append(rng)
+        if permutation_state is not None:
+            ids.fill_(permutation_state)
+        batch_cond = None if cond is None else cond.to(device).expand(num_samples, -1)  # (N, dim)
         was_training = self.model.training
         self.model.eval()
-        results = []
         try:
-            for index in range(num_samples):
-                rng = torch.Generator(device=device).manual_seed(derive_seed(seed, index))
-                ids = torch.randint(0, states, (1,), device=device, generator=rng)
-                if permutation_state is not None:
-                    ids.fill_(permutation_state)
-                noise = torch.randn(
-                    (1, self.tokenizer.num_tokens, self.tokenizer.token_size),
-                    device=device,
-                    generator=rng,
-                )  # (1, L, T)
-                batch_cond = None if cond is None else cond.to(device).unsqueeze(0)  # (1, dim)
-
-                def report(fraction: float, index: int = index) -> None:
-                    if on_progress is not None:
-                        on_progress((index + fraction) / num_samples)
-
-                tokens = self.model.sample_tokens(
-                    noise,
-                    ids,
-                    batch_cond,
-                    sampler=sampler,
-                    steps=steps,
-                    eta=eta,
-                    chunk_size=chunk_size,
-                    generator=rng,
-                    autocast_dtype=compute_dtype,
-                    should_stop=should_stop,
-                    on_progress=report,
-                )
-                results.append(self.tokenizer.decode(tokens[0].cpu()))
+            tokens = self.model.sample_tokens(
+                noise,
+                ids,
+                batch_cond,
+                sampler=sampler,
+                steps=steps,
+                eta=eta,
+                chunk_size=chunk_size,
+                generators=generators,
+                autocast_dtype=compute_dtype,
+                should_stop=should_stop,
+                on_progress=on_progress,
+            )  # (N, L, T)
         finally:
             self.model.train(was_training)
-        return results
+        del noise
+        return [self.tokenizer.decode(tokens[index]) for index in range(num_samples)]

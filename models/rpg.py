@@ -9,6 +9,8 @@ No IO here: bundles and training live elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -20,10 +22,17 @@ from models.diffusion import (
     ConvUNetDenoiser,
     NoiseSchedule,
     OnProgress,
+    SamplerName,
     ShouldStop,
     diffusion_loss,
 )
 from models.position import PositionEmbedding
+
+# Denoiser calls never get fewer rows than this: a short chunk is padded with zero rows whose
+# results are dropped. CPU BLAS kernels take another code path for tiny batches (measured: a
+# model's last 1-5 tokens came out with other bits when num_samples changed the chunk around
+# them), and the padding costs at most a few rows.
+MIN_DENOISER_ROWS = 16
 
 
 class RPGModel(nn.Module):
@@ -119,49 +128,87 @@ class RPGModel(nn.Module):
         permutation_ids: Tensor,
         condition: Tensor | None = None,
         *,
-        sampler: str = "ddim",
+        sampler: SamplerName = "ddim",
         steps: int = 50,
         eta: float = 0.0,
         chunk_size: int = 1024,
-        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator] | None = None,
         autocast_dtype: torch.dtype | None = None,
         should_stop: ShouldStop | None = None,
         on_progress: OnProgress | None = None,
     ) -> Tensor:
         """Denoise `noise` (B, L, T) into parameter tokens, `chunk_size` tokens per denoiser call.
 
-        All tokens of a model are independent given their prototypes, so chunks are denoised
-        one after another with bounded memory. `should_stop()` is checked before every
-        denoiser step (True raises `SamplingStopped`); `on_progress(fraction of this call)` is
-        called after every denoiser step of every chunk. The caller sets eval mode.
+        All tokens are independent given their prototypes, so the B * L tokens form one
+        stream cut into chunks that may hold tokens of several models: small targets share
+        denoiser calls, and memory is bounded by the chunk (plus the prototypes of the models
+        a chunk touches), not by B * L. `generators` (one per model, on noise's device) give
+        each model's tokens their own fresh noise (DDPM, DDIM with eta > 0); with them, model b
+        depends only on (noise[b], ids[b], condition[b], generators[b]), not on B.
+        `should_stop()` is checked before every denoiser step (True raises `SamplingStopped`);
+        `on_progress(fraction of this call)` is called after every denoiser step of every
+        chunk. The caller sets eval mode.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        num_models, length, token_size = noise.shape
+        if generators is not None and len(generators) != num_models:
+            raise ValueError(
+                f"pass one generator per model: got {len(generators)} for {num_models} models"
+            )
+        options: dict[str, object] = {"should_stop": should_stop}
+        if sampler != "ddpm":
+            options.update(steps=steps)
+        if sampler == "ddim":
+            options.update(eta=eta)
         device_type = noise.device.type
         use_autocast = autocast_dtype is not None and autocast_dtype != torch.float32
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
-            proto = self.prototypes(permutation_ids, condition).float()  # (B, L, D)
-        flat_noise = noise.reshape(-1, noise.shape[-1])  # (B*L, T)
-        flat_proto = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
+        flat_noise = noise.reshape(-1, token_size)  # (B*L, T)
         total = flat_noise.shape[0]
-        out = torch.empty_like(flat_noise)
+        out = torch.empty(flat_noise.shape, dtype=torch.float32, device=noise.device)
+        prototypes: dict[int, Tensor] = {}  # model index -> (L, D), only models in reach
         for start in range(0, total, chunk_size):
             stop = min(start + chunk_size, total)
-            kwargs: dict[str, object] = {"generator": generator, "should_stop": should_stop}
-            if sampler == "ddim":
-                kwargs.update(steps=steps, eta=eta)
+            models = range(start // length, (stop - 1) // length + 1)
+            for done in [b for b in prototypes if b < models.start]:
+                del prototypes[done]
+            conds, row_generators = [], []
+            for b in models:
+                if b not in prototypes:
+                    # one model at a time: the backbone's work (and its bits) do not depend on B
+                    with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
+                        cond_b = None if condition is None else condition[b : b + 1]  # (1, C)
+                        proto = self.prototypes(permutation_ids[b : b + 1], cond_b)  # (1, L, D)
+                    prototypes[b] = proto[0].float()  # (L, D)
+                lo, hi = (
+                    max(start, b * length) - b * length,
+                    min(stop, (b + 1) * length) - b * length,
+                )
+                conds.append(prototypes[b][lo:hi])  # (hi - lo, D)
+                if generators is not None:
+                    row_generators.append((hi - lo, generators[b]))
+            x_chunk, cond_chunk = flat_noise[start:stop], torch.cat(conds)  # (n, T), (n, D)
+            pad = max(0, MIN_DENOISER_ROWS - (stop - start))
+            if pad:
+                x_chunk = torch.cat([x_chunk, x_chunk.new_zeros(pad, token_size)])
+                cond_chunk = torch.cat([cond_chunk, cond_chunk.new_zeros(pad, cond_chunk.shape[1])])
+                if row_generators:
+                    padding_rng = torch.Generator(device=noise.device).manual_seed(0)
+                    row_generators.append((pad, padding_rng))
             if on_progress is not None:
-                kwargs["on_progress"] = _chunk_progress(on_progress, start, stop, total)
+                options["on_progress"] = _chunk_progress(on_progress, start, stop, total)
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
-                out[start:stop] = SAMPLER_FUNCTIONS[sampler](
+                result = SAMPLER_FUNCTIONS[sampler](
                     self.denoiser,
                     self.schedule,
-                    flat_noise[start:stop],
-                    flat_proto[start:stop],
-                    **kwargs,
-                ).float()
+                    x_chunk,
+                    cond_chunk,
+                    generator=row_generators or None,
+                    **options,
+                )
+            out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
 
 

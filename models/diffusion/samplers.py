@@ -19,7 +19,7 @@ Notation: `a_t` = alphas_cumprod[t] (alpha-bar in Ho et al. 2020, alpha in Song 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "SAMPLER_FUNCTIONS",
     "Denoiser",
     "OnProgress",
+    "RowGenerators",
     "SamplerName",
     "ShouldStop",
     "Spacing",
@@ -47,6 +48,10 @@ ShouldStop = Callable[[], bool]
 """Checked before every denoiser step; returning True stops sampling (`SamplingStopped`)."""
 OnProgress = Callable[[float], None]
 """Called after every denoiser step with the fraction done (0..1, never decreasing)."""
+
+RowGenerators = Sequence[tuple[int, torch.Generator]]
+"""`[(rows, generator), ...]`: consecutive row ranges of `noise`, each drawing its fresh noise
+from its own generator (e.g. the tokens of one generated model), rows summing to N."""
 
 SamplerName = Literal["ddim", "ddpm"]
 SAMPLERS: tuple[SamplerName, ...] = ("ddim", "ddpm")
@@ -101,7 +106,7 @@ def sample_ddpm(
     noise: Tensor,
     cond: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowGenerators | None = None,
     clip_x0: float | None = None,
     should_stop: ShouldStop | None = None,
     on_progress: OnProgress | None = None,
@@ -109,12 +114,12 @@ def sample_ddpm(
     """Ancestral sampling of Ho et al. (2020), Algorithm 2, through all T steps.
 
     `noise (N, D)` is x_T; `cond (N, C)` one condition per row. Each step draws fresh noise
-    from `generator` (none at the last step); `generator=None` uses a private generator
-    with a fixed seed. `clip_x0` clamps the predicted x0 to `[-clip_x0, clip_x0]` before
+    from `generator` (none at the last step): one generator, or one per row range
+    (`RowGenerators`); `generator=None` uses a private generator with a fixed seed. `clip_x0` clamps the predicted x0 to `[-clip_x0, clip_x0]` before
     it enters the posterior mean. Returns x_0 `(N, D)` float32.
     """
     _check_inputs(noise, cond, clip_x0)
-    gen = _resolve_generator(generator, noise)
+    gens = _resolve_generators(generator, noise)
     c_x0_from_xt = _as_floats(schedule.sqrt_recip_alphas_cumprod)
     c_x0_from_eps = _as_floats(schedule.sqrt_recipm1_alphas_cumprod)
     c_mean_x0 = _as_floats(schedule.posterior_mean_coef1)
@@ -138,11 +143,7 @@ def sample_ddpm(
         mean = c_mean_x0[t] * x0 + c_mean_xt[t] * x
         # 5. add noise with the posterior variance beta-tilde_t (eq. 7; sigma_t^2 = beta-tilde
         #    in Algorithm 2); it is 0 at t = 0, where the mean is the answer
-        if t > 0:
-            z = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
-            x = mean + math.sqrt(variance[t]) * z
-        else:
-            x = mean
+        x = mean + math.sqrt(variance[t]) * _randn(gens, x) if t > 0 else mean
         if on_progress is not None:
             on_progress((total - t) / total)
     return x
@@ -157,7 +158,7 @@ def sample_ddim(
     steps: int = 50,
     eta: float = 0.0,
     spacing: Spacing = "trailing",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowGenerators | None = None,
     clip_x0: float | None = None,
     should_stop: ShouldStop | None = None,
     on_progress: OnProgress | None = None,
@@ -176,7 +177,7 @@ def sample_ddim(
     if not (math.isfinite(eta) and eta >= 0.0):
         raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM), got {eta}")
     timesteps = ddim_timesteps(schedule.num_timesteps, steps, spacing)
-    gen = _resolve_generator(generator, noise) if eta > 0 else None
+    gens = _resolve_generators(generator, noise) if eta > 0 else None
     alphas_cumprod = _as_floats(schedule.alphas_cumprod)
 
     x = noise.to(torch.float32)
@@ -204,9 +205,8 @@ def sample_ddim(
         # 7. x_{t-1} without the random term: sqrt(a_prev) * predicted x0 + direction
         x = math.sqrt(a_prev) * x0 + direction
         # 8. the random term sigma_t * z (eq. 12); sigma is 0 on the last step (a_prev = 1)
-        if gen is not None and not is_last:
-            z = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
-            x = x + sigma * z
+        if gens is not None and not is_last:
+            x = x + sigma * _randn(gens, x)
         if on_progress is not None:
             on_progress((i + 1) / len(timesteps))
     return x
@@ -260,11 +260,42 @@ def _check_inputs(noise: Tensor, cond: Tensor, clip_x0: float | None) -> None:
         raise ValueError(f"clip_x0 must be a positive finite number or None, got {clip_x0}")
 
 
-def _resolve_generator(generator: torch.Generator | None, noise: Tensor) -> torch.Generator:
+def _resolve_generators(
+    generator: torch.Generator | RowGenerators | None, noise: Tensor
+) -> list[tuple[int, torch.Generator]]:
+    """`[(rows, generator), ...]` covering all rows of `noise`, each on noise's device."""
+    num_rows = noise.shape[0]
     if generator is None:
         gen = torch.Generator(device=noise.device)
         gen.manual_seed(_DEFAULT_SEED)
-        return gen
+        return [(num_rows, gen)]
+    ranges = [(num_rows, generator)] if isinstance(generator, torch.Generator) else list(generator)
+    for rows, gen in ranges:
+        _check_generator_device(gen, noise)
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"each row range needs a positive int row count, got {rows!r}")
+    if sum(rows for rows, _ in ranges) != num_rows:
+        raise ValueError(
+            f"the generators' row ranges cover {sum(rows for rows, _ in ranges)} rows but noise "
+            f"has {num_rows}; give one (rows, generator) pair per consecutive row range"
+        )
+    return ranges
+
+
+def _randn(gens: list[tuple[int, torch.Generator]], like: Tensor) -> Tensor:
+    """Standard normal noise shaped like `like` (float32), each row range from its generator."""
+    if len(gens) == 1:
+        return torch.randn(
+            like.shape, generator=gens[0][1], device=like.device, dtype=torch.float32
+        )
+    parts = [
+        torch.randn((rows, *like.shape[1:]), generator=gen, device=like.device, dtype=torch.float32)
+        for rows, gen in gens
+    ]
+    return torch.cat(parts)  # (N, D)
+
+
+def _check_generator_device(generator: torch.Generator, noise: Tensor) -> None:
     gen_device = torch.device(generator.device)
     index_unknown = gen_device.index is None or noise.device.index is None
     if gen_device.type != noise.device.type or not (
@@ -274,4 +305,3 @@ def _resolve_generator(generator: torch.Generator | None, noise: Tensor) -> torc
             f"the generator is on {gen_device} but noise is on {noise.device}; "
             f"create it with torch.Generator(device=noise.device)"
         )
-    return generator

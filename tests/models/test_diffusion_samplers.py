@@ -361,3 +361,25 @@ def test_progress_after_every_step_and_stop_before_the_next(
             **kwargs,
         )
     assert len(oracle.seen) == 2 and len(seen) == 2  # no denoiser call after the stop
+
+
+@pytest.mark.parametrize(("sampler", "kwargs"), [(sample_ddpm, {}), (sample_ddim, {"eta": 0.8})])
+def test_row_generators_give_each_row_range_its_own_noise(
+    sampler: Callable[..., Tensor], kwargs: dict[str, Any]
+) -> None:
+    schedule = NoiseSchedule(T_SHORT, 1e-4, 0.2)
+
+    def oracle(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:  # row-wise, any batch size
+        return 0.3 * x + cond
+
+    noise, cond = torch.randn(7, 4, generator=_gen(0)), torch.randn(7, 1, generator=_gen(3))
+    if sampler is sample_ddim:
+        kwargs = {**kwargs, "steps": 6}
+    both = sampler(oracle, schedule, noise, cond, generator=[(3, _gen(1)), (4, _gen(2))], **kwargs)
+    first = sampler(oracle, schedule, noise[:3], cond[:3], generator=_gen(1), **kwargs)
+    second = sampler(oracle, schedule, noise[3:], cond[3:], generator=_gen(2), **kwargs)
+    assert torch.equal(both, torch.cat([first, second]))
+    with pytest.raises(ValueError, match="cover 6 rows but noise has 7"):
+        sampler(oracle, schedule, noise, cond, generator=[(3, _gen(1)), (3, _gen(2))], **kwargs)
+    with pytest.raises(ValueError, match="positive int row count"):
+        sampler(oracle, schedule, noise, cond, generator=[(0, _gen(1)), (7, _gen(2))], **kwargs)
