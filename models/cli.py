@@ -85,7 +85,10 @@ def register(subparsers: Any) -> None:
     sample.add_argument("--seed", type=int, help="seed (default: random, printed)")
     sample.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     sample.add_argument(
-        "--steps", type=int, default=50, help="DDIM steps (DDPM always uses all timesteps)"
+        "--steps",
+        type=int,
+        default=50,
+        help="DDIM / DPM-Solver++ steps (DDPM always uses all timesteps)",
     )
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     sample.add_argument(

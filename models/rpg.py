@@ -153,6 +153,8 @@ class RPGModel(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        if eta != 0.0 and sampler != "ddim":
+            raise ValueError(f"eta applies to the ddim sampler only; remove it for {sampler}")
         num_models, length, token_size = noise.shape
         if generators is not None and len(generators) != num_models:
             raise ValueError(

@@ -15,10 +15,13 @@ from models.diffusion.samplers import (
     OnProgress,
     SamplerName,
     ShouldStop,
+    SolverSpacing,
     Spacing,
     ddim_timesteps,
+    logsnr_timesteps,
     sample_ddim,
     sample_ddpm,
+    sample_dpm_solver_pp,
 )
 from models.diffusion.schedule import NoiseSchedule, ScheduleKind, extract
 
@@ -32,11 +35,14 @@ __all__ = [
     "SamplerName",
     "ScheduleKind",
     "ShouldStop",
+    "SolverSpacing",
     "Spacing",
     "ddim_timesteps",
     "diffusion_loss",
     "extract",
+    "logsnr_timesteps",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpm_solver_pp",
     "timestep_embedding",
 ]

@@ -1,4 +1,4 @@
-"""Samplers: turn noise into tokens with a trained denoiser (DDPM and DDIM).
+"""Samplers: turn noise into tokens with a trained denoiser (DDPM, DDIM, DPM-Solver++(2M)).
 
 Each sampler is a pure function of (denoiser, schedule, noise, condition, generator) plus two
 optional callables: `should_stop()`, checked before every denoiser step (True ends the loop
@@ -36,10 +36,13 @@ __all__ = [
     "RowGenerators",
     "SamplerName",
     "ShouldStop",
+    "SolverSpacing",
     "Spacing",
     "ddim_timesteps",
+    "logsnr_timesteps",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpm_solver_pp",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -53,15 +56,41 @@ RowGenerators = Sequence[tuple[int, torch.Generator]]
 """`[(rows, generator), ...]`: consecutive row ranges of `noise`, each drawing its fresh noise
 from its own generator (e.g. the tokens of one generated model), rows summing to N."""
 
-SamplerName = Literal["ddim", "ddpm"]
-SAMPLERS: tuple[SamplerName, ...] = ("ddim", "ddpm")
+SamplerName = Literal["ddim", "ddpm", "dpm-solver++"]
+SAMPLERS: tuple[SamplerName, ...] = ("ddim", "ddpm", "dpm-solver++")
 """Every sampler name, in one place: CLIs, requests and validation read this tuple."""
 
 Spacing = Literal["uniform", "trailing", "leading"]
 _SPACINGS: tuple[str, ...] = ("uniform", "trailing", "leading")
+SolverSpacing = Literal["logsnr", "uniform", "trailing", "leading"]
+"""DPM-Solver++'s timestep choices: `"logsnr"` (`logsnr_timesteps`) or one of DDIM's."""
 # Seed of the private generator used when the caller passes none: results stay
 # deterministic, and torch's global RNG is never consumed.
 _DEFAULT_SEED = 0
+
+
+def logsnr_timesteps(schedule: NoiseSchedule, steps: int) -> list[int]:
+    """`steps` timesteps from `T - 1` down to 0, evenly spaced in lambda = log(alpha / sigma)
+    (half the log-SNR), each the nearest discrete timestep (kept strictly decreasing).
+
+    The spacing Lu et al. (2022) use for DPM-Solver on pixel data: the solvers integrate in
+    lambda, so equal steps there keep r_i = h_(i-1) / h_i near 1 and the multistep
+    extrapolation stable; and the last step starts at t = 0, so the final jump to clean
+    data is short.
+    """
+    big_t = schedule.num_timesteps
+    ddim_timesteps(big_t, steps)  # the same checks of `steps`
+    lam = [0.5 * (math.log(a) - math.log1p(-a)) for a in _as_floats(schedule.alphas_cumprod)]
+    if steps == 1:
+        return [big_t - 1]
+    timesteps: list[int] = []
+    for i in range(steps):
+        target = lam[-1] + (lam[0] - lam[-1]) * i / (steps - 1)
+        t = min(range(big_t), key=lambda k: abs(lam[k] - target))
+        if timesteps:
+            t = min(t, timesteps[-1] - 1)  # strictly decreasing ...
+        timesteps.append(max(t, steps - 1 - i))  # ... with room left for the rest
+    return timesteps
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: Spacing = "trailing") -> list[int]:
@@ -212,9 +241,88 @@ def sample_ddim(
     return x
 
 
+def sample_dpm_solver_pp(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    cond: Tensor,
+    *,
+    steps: int = 15,
+    spacing: SolverSpacing = "logsnr",
+    generator: torch.Generator | RowGenerators | None = None,
+    clip_x0: float | None = None,
+    should_stop: ShouldStop | None = None,
+    on_progress: OnProgress | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) of Lu et al. (2022, arXiv:2211.01095), Algorithm 2, over `steps`
+    denoiser evaluations: the multistep second-order solver of the diffusion ODE in its
+    data-prediction form, with the data prediction derived from the predicted noise.
+
+    Deterministic: no noise is drawn after `noise` (x_T), so `generator` is accepted for a
+    uniform signature and never used. The timesteps are `logsnr_timesteps(schedule, steps)`
+    (the default) or `ddim_timesteps(T, steps, spacing)` like DDIM's; the first step is first order (there is no earlier prediction yet) and so
+    is the last, which goes to clean data (`a = 1`, lambda = +inf) and returns the final data
+    prediction, as DDIM does. `clip_x0` clamps each data prediction. Returns x_0 `(N, D)`
+    float32. Notation: alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t /
+    sigma_t) (half the log-SNR).
+    """
+    _check_inputs(noise, cond, clip_x0)
+    if spacing == "logsnr":
+        timesteps = logsnr_timesteps(schedule, steps)
+    else:
+        timesteps = ddim_timesteps(schedule.num_timesteps, steps, spacing)
+    if generator is not None:
+        _resolve_generators(generator, noise)  # same validation as the other samplers
+    alphas_cumprod = _as_floats(schedule.alphas_cumprod)
+
+    def lam(a: float) -> float:
+        return 0.5 * (math.log(a) - math.log1p(-a))  # log(sqrt(a) / sqrt(1 - a))
+
+    x = noise.to(torch.float32)
+    prev_x0: Tensor | None = None
+    prev_h = 0.0
+    for i, t in enumerate(timesteps):
+        a_t = alphas_cumprod[t]
+        alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+        # 1. predict the noise in x_t
+        _check_stop(should_stop, i, len(timesteps))
+        eps = _predict(denoiser, x, t, cond)
+        # 2. data prediction from the noise prediction: x_theta(x_t, t) = (x_t - sigma_t eps)
+        #    / alpha_t (the paper's conversion for noise-prediction models)
+        x0 = (x - sigma_t * eps) / alpha_t
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        if i == len(timesteps) - 1:
+            # 3'. last step, to clean data: sigma = 0 and h = +inf, where the first-order
+            #     update of step 5 (e^(-h) = 0, alpha = 1) is exactly the data prediction
+            x = x0
+        else:
+            a_next = alphas_cumprod[timesteps[i + 1]]
+            alpha_next, sigma_next = math.sqrt(a_next), math.sqrt(1.0 - a_next)
+            # 3. step size in half-log-SNR: h_i = lambda_{t_i} - lambda_{t_(i-1)}
+            h = lam(a_next) - lam(a_t)
+            if prev_x0 is None:
+                # 4a. first step, first order: DPM-Solver++1 (Algorithm 2's first line), which
+                #     is DDIM with eta = 0
+                d = x0
+            else:
+                # 4b. multistep second order (Algorithm 2's loop): r_i = h_(i-1) / h_i and
+                #     D_i = (1 + 1 / (2 r_i)) x_theta(i-1) - 1 / (2 r_i) x_theta(i-2)
+                half_inv_r = 0.5 * h / prev_h
+                d = (1.0 + half_inv_r) * x0 - half_inv_r * prev_x0
+            # 5. Algorithm 2's update:
+            #    x_{t_i} = (sigma_{t_i} / sigma_{t_(i-1)}) x - alpha_{t_i} (e^(-h_i) - 1) D_i
+            x = (sigma_next / sigma_t) * x - (alpha_next * math.expm1(-h)) * d
+            prev_x0, prev_h = x0, h
+        if on_progress is not None:
+            on_progress((i + 1) / len(timesteps))
+    return x
+
+
 SAMPLER_FUNCTIONS: dict[SamplerName, Callable[..., Tensor]] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
+    "dpm-solver++": sample_dpm_solver_pp,
 }
 """Sampler by name: `SAMPLER_FUNCTIONS[name](denoiser, schedule, noise, cond, **options)`."""
 assert tuple(SAMPLER_FUNCTIONS) == SAMPLERS

@@ -229,7 +229,7 @@ def test_samplers_respect_caller_mode_and_grad() -> None:
     schedule, model = NoiseSchedule(T_SHORT, 1e-4, 0.2), _tiny_model()
     noise, cond = torch.randn(4, 8), torch.randn(4, 3)
     for name, sampler in SAMPLER_FUNCTIONS.items():
-        kwargs: dict[str, Any] = {"generator": _gen(0)} | ({"steps": 5} if name == "ddim" else {})
+        kwargs: dict[str, Any] = {"generator": _gen(0)} | ({} if name == "ddpm" else {"steps": 5})
         model.eval()
         with torch.no_grad():
             assert not sampler(model, schedule, noise, cond, **kwargs).requires_grad
@@ -323,6 +323,7 @@ def test_sampler_names_in_one_place() -> None:
 STEP_CASES: list[tuple[str, dict[str, Any], int]] = [
     ("ddpm", {}, T),
     ("ddim", {"steps": 7, "eta": 0.5}, 7),
+    ("dpm-solver++", {"steps": 6}, 6),
 ]
 
 

@@ -75,3 +75,12 @@ def test_prototypes_one_model_at_a_time(generator: Generator) -> None:
     with _Spy(generator.model, "prototypes") as spy:
         generator.sample(5, seed=0, steps=2, chunk_size=3 * generator.tokenizer.num_tokens)
     assert spy.calls == [(1,)] * 5  # (B=1,) permutation ids: each model's once
+
+
+def test_dpm_solver_samples_load_and_repeat_bit_for_bit(generator: Generator) -> None:
+    a = generator.sample(2, seed=8, sampler="dpm-solver++", steps=5)
+    b = generator.sample(2, seed=8, sampler="dpm-solver++", steps=5)
+    assert all(_same(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.isfinite(v).all() for v in a[0].values())
+    with pytest.raises(ValueError, match="eta applies to the ddim sampler only"):
+        generator.sample(1, seed=8, sampler="dpm-solver++", steps=5, eta=0.5)
