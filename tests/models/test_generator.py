@@ -37,6 +37,7 @@ def test_bundle_layout_and_config(tiny_bundle: Path) -> None:
     assert config["format"] == "rpg-generator" and config["version"] == 1
     assert config["architecture"]["builder"] == "models.zoo.digits:mlp"
     assert config["condition"] == {"kind": "none"}
+    assert config["defaults"] == {"sampler": "dpm-solver++", "steps": 8}
     assert config["training"]["completed_steps"] == 20
     assert config["zoo"]["num_checkpoints"] == 6
 
