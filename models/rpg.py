@@ -165,22 +165,22 @@ class RPGModel(nn.Module):
             options.update(steps=steps)
         if sampler == "ddim":
             options.update(eta=eta)
-        device_type = noise.device.type
-        use_autocast = autocast_dtype is not None and autocast_dtype != torch.float32
+        autocast = _Autocast(noise.device.type, autocast_dtype)
         flat_noise = noise.reshape(-1, token_size)  # (B*L, T)
         total = flat_noise.shape[0]
         out = torch.empty(flat_noise.shape, dtype=torch.float32, device=noise.device)
         prototypes: dict[int, Tensor] = {}  # model index -> (L, D), only models in reach
         for start in range(0, total, chunk_size):
             stop = min(start + chunk_size, total)
-            models = range(start // length, (stop - 1) // length + 1)
-            for done in [b for b in prototypes if b < models.start]:
+            # 1. the conditions (prototypes) and noise generators of the chunk's rows
+            first = start // length
+            for done in [b for b in prototypes if b < first]:
                 del prototypes[done]
             conds, row_generators = [], []
-            for b in models:
+            for b in range(first, (stop - 1) // length + 1):
                 if b not in prototypes:
                     # one model at a time: the backbone's work (and its bits) do not depend on B
-                    with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
+                    with autocast():
                         cond_b = None if condition is None else condition[b : b + 1]  # (1, C)
                         proto = self.prototypes(permutation_ids[b : b + 1], cond_b)  # (1, L, D)
                     prototypes[b] = proto[0].float()  # (L, D)
@@ -191,17 +191,13 @@ class RPGModel(nn.Module):
                 conds.append(prototypes[b][lo:hi])  # (hi - lo, D)
                 if generators is not None:
                     row_generators.append((hi - lo, generators[b]))
-            x_chunk, cond_chunk = flat_noise[start:stop], torch.cat(conds)  # (n, T), (n, D)
-            pad = max(0, MIN_DENOISER_ROWS - (stop - start))
-            if pad:
-                x_chunk = torch.cat([x_chunk, x_chunk.new_zeros(pad, token_size)])
-                cond_chunk = torch.cat([cond_chunk, cond_chunk.new_zeros(pad, cond_chunk.shape[1])])
-                if row_generators:
-                    padding_rng = torch.Generator(device=noise.device).manual_seed(0)
-                    row_generators.append((pad, padding_rng))
+            # 2. denoise the chunk, padded to MIN_DENOISER_ROWS
+            x_chunk, cond_chunk = _pad_rows(
+                flat_noise[start:stop], torch.cat(conds), row_generators
+            )
             if on_progress is not None:
                 options["on_progress"] = _chunk_progress(on_progress, start, stop, total)
-            with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
+            with autocast():
                 result = SAMPLER_FUNCTIONS[sampler](
                     self.denoiser,
                     self.schedule,
@@ -212,6 +208,32 @@ class RPGModel(nn.Module):
                 )
             out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
+
+
+class _Autocast:
+    """`torch.autocast` to `dtype` on `device_type`, or nothing for None / float32."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype | None) -> None:
+        self.device_type, self.dtype = device_type, dtype
+        self.enabled = dtype is not None and dtype != torch.float32
+
+    def __call__(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+def _pad_rows(
+    x: Tensor, cond: Tensor, row_generators: list[tuple[int, torch.Generator]]
+) -> tuple[Tensor, Tensor]:
+    """Pad a chunk shorter than MIN_DENOISER_ROWS with zero rows (their results are dropped);
+    the padding draws its noise from a generator of its own, appended to `row_generators`."""
+    pad = MIN_DENOISER_ROWS - x.shape[0]
+    if pad <= 0:
+        return x, cond
+    if row_generators:
+        row_generators.append((pad, torch.Generator(device=x.device).manual_seed(0)))
+    x = torch.cat([x, x.new_zeros(pad, x.shape[1])])  # (MIN_DENOISER_ROWS, T)
+    cond = torch.cat([cond, cond.new_zeros(pad, cond.shape[1])])  # (MIN_DENOISER_ROWS, D)
+    return x, cond
 
 
 def _chunk_progress(on_progress: OnProgress, start: int, stop: int, total: int) -> OnProgress:
