@@ -13,11 +13,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from models.errors import SamplingStopped
+from models.sampler_names import SAMPLERS, SamplerName
+
 if TYPE_CHECKING:
     from models.generator import ConditionError, Generator
     from models.tokenizer import ParameterTokenizer
 
-__all__ = ["ConditionError", "Generator", "ParameterTokenizer"]
+__all__ = [
+    "SAMPLERS",
+    "ConditionError",
+    "Generator",
+    "ParameterTokenizer",
+    "SamplerName",
+    "SamplingStopped",
+]
 
 _HOMES = {
     "ConditionError": "models.generator",

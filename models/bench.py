@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from models.diffusion.samplers import SamplerName
 from models.zoo.build import DIGITS_ARCHITECTURES
 
 
@@ -117,9 +118,9 @@ def _quality(args: argparse.Namespace) -> int:
         }
     generator = Generator.from_pretrained(bundle_dir)
     reports: dict[str, dict[str, Any]] = {}
-    runs = [("ddim", args.ddim_steps)] + (
-        [] if args.no_ddpm else [("ddpm", generator.model.config.diffusion.num_timesteps)]
-    )
+    runs: list[tuple[SamplerName, int]] = [("ddim", args.ddim_steps)]
+    if not args.no_ddpm:
+        runs.append(("ddpm", generator.model.config.diffusion.num_timesteps))
     for sampler, steps in runs:
         label = f"{sampler}-{steps}"
         with _timed(stages, f"sample {args.num_samples} x {label}"):
@@ -206,10 +207,11 @@ def _speed(args: argparse.Namespace) -> int:
     )
     generator = Generator.from_pretrained(bundle_dir, device=device)
     timings: dict[str, float] = {}
-    for sampler, steps in [
+    speed_runs: list[tuple[SamplerName, int]] = [
         ("ddim", args.ddim_steps),
         ("ddpm", generator.model.config.diffusion.num_timesteps),
-    ]:
+    ]
+    for sampler, steps in speed_runs:
         generator.sample(1, seed=0, sampler=sampler, steps=min(steps, 5))  # warm-up
         times = []
         for seed in range(args.repeats):

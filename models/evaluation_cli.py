@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.diffusion.samplers import SAMPLERS
 from models.evaluation import (
     NOISE_SIGMAS,
     EvaluationError,
@@ -273,7 +274,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=20,
         help="--generator: training tasks evaluated beside the held-out ones (default: 20)",
     )
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="--generator")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="--generator")
     p.add_argument("--steps", type=int, default=50, help="--generator: DDIM steps (default: 50)")
     p.add_argument(
         "--eta", type=float, default=0.0, help="--generator: DDIM eta (0: deterministic)"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,19 @@ from torch import Tensor
 
 from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
 from models.config import RPGConfig
+from models.diffusion.samplers import OnProgress, ShouldStop
 from models.request_check import check_condition
 from models.rpg import RPGModel
+from models.sampler_names import SamplerName
 from models.tokenizer import ParameterTokenizer
 
-# Called with (samples done + fraction of the current sample, num_samples); may raise to stop.
-ProgressCallback = Callable[[float, int], None]
+__all__ = ["DTYPES", "ConditionError", "Generator", "derive_seed"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-
-class SamplingStopped(Exception):
-    """`Generator.sample` stopped early because its `should_stop()` returned True."""
 
 
 class ConditionError(ValueError):
@@ -166,30 +162,25 @@ class Generator:
         num_samples: int = 1,
         condition: Any = None,
         seed: int | None = None,
-        sampler: str = "ddim",
+        sampler: SamplerName = "ddim",
         steps: int = 50,
         *,
         eta: float = 0.0,
         permutation_state: int | None = None,
         dtype: str | torch.dtype = "float32",
         chunk_size: int = 1024,
-        progress: ProgressCallback | None = None,
-        start_index: int = 0,
-        should_stop: Callable[[], bool] | None = None,
-        on_progress: Callable[[float], None] | None = None,
+        should_stop: ShouldStop | None = None,
+        on_progress: OnProgress | None = None,
     ) -> list[dict[str, Tensor]]:
         """Generate `num_samples` state dicts of the target architecture.
 
         `dtype` is the compute precision (autocast); the returned tensors keep the zoo's
-        dtypes. `progress(done, total)` is called between token chunks (done is fractional);
-        an exception raised from it stops sampling (that is how jobs are canceled).
-        Sample k is the `start_index + k`-th of the request seeded with `seed`, so a caller
-        can produce a request's samples one at a time.
+        dtypes. `should_stop()` is checked before every denoiser step; when it returns True
+        sampling ends and `SamplingStopped` is raised. `on_progress(fraction)` is called after
+        every denoiser step with the fraction (0..1, never decreasing) of the whole call done.
         """
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
-        if start_index < 0:
-            raise ValueError("start_index must be >= 0")
         cond = self.make_condition(condition)
         seed = secrets.randbits(63) if seed is None else int(seed)
         compute_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -197,45 +188,37 @@ class Generator:
         if permutation_state is not None and not 0 <= permutation_state < states:
             raise ValueError(f"permutation_state must be in [0, {states - 1}]")
         device = self.device
+        shape = (num_samples, self.tokenizer.num_tokens, self.tokenizer.token_size)
+        noise = torch.empty(shape, device=device)  # (N, L, T)
+        ids = torch.empty((num_samples,), dtype=torch.long, device=device)  # (N,)
+        generators = []
+        for index in range(num_samples):
+            # Sample i's permutation state, initial noise and every later noise draw come from
+            # its own generator, so it is the same whatever num_samples is.
+            rng = torch.Generator(device=device).manual_seed(derive_seed(seed, index))
+            ids[index] = int(torch.randint(0, states, (1,), device=device, generator=rng))
+            noise[index].normal_(generator=rng)
+            generators.append(rng)
+        if permutation_state is not None:
+            ids.fill_(permutation_state)
+        batch_cond = None if cond is None else cond.to(device).expand(num_samples, -1)  # (N, dim)
         was_training = self.model.training
         self.model.eval()
-        results = []
         try:
-            for index in range(num_samples):
-                rng = torch.Generator(device=device).manual_seed(
-                    derive_seed(seed, start_index + index)
-                )
-                ids = torch.randint(0, states, (1,), device=device, generator=rng)
-                if permutation_state is not None:
-                    ids.fill_(permutation_state)
-                noise = torch.randn(
-                    (1, self.tokenizer.num_tokens, self.tokenizer.token_size),
-                    device=device,
-                    generator=rng,
-                )  # (1, L, T)
-                batch_cond = None if cond is None else cond.to(device).unsqueeze(0)  # (1, dim)
-
-                def on_chunk(done: int, total: int, index: int = index) -> None:
-                    if should_stop is not None and should_stop():
-                        raise SamplingStopped("sampling stopped: should_stop() returned True")
-                    if on_progress is not None:
-                        on_progress((index + done / total) / num_samples)
-                    if progress is not None:
-                        progress(index + done / total, num_samples)
-
-                tokens = self.model.sample_tokens(
-                    noise,
-                    ids,
-                    batch_cond,
-                    sampler=sampler,
-                    steps=steps,
-                    eta=eta,
-                    chunk_size=chunk_size,
-                    generator=rng,
-                    autocast_dtype=compute_dtype,
-                    callback=on_chunk,
-                )
-                results.append(self.tokenizer.decode(tokens[0].cpu()))
+            tokens = self.model.sample_tokens(
+                noise,
+                ids,
+                batch_cond,
+                sampler=sampler,
+                steps=steps,
+                eta=eta,
+                chunk_size=chunk_size,
+                generators=generators,
+                autocast_dtype=compute_dtype,
+                should_stop=should_stop,
+                on_progress=on_progress,
+            )  # (N, L, T)
         finally:
             self.model.train(was_training)
-        return results
+        del noise
+        return [self.tokenizer.decode(tokens[index]) for index in range(num_samples)]

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
+
+from models.sampler_names import SAMPLERS, SamplerName
 
 __all__ = [
     "SAMPLERS",
@@ -32,8 +34,6 @@ __all__ = [
     "steps_to_run",
 ]
 
-SamplerName = Literal["ddim", "ddpm"]
-SAMPLERS: tuple[SamplerName, ...] = ("ddim", "ddpm")
 DEFAULT_SAMPLER: SamplerName = "ddim"
 DEFAULT_STEPS = 50
 

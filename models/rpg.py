@@ -9,18 +9,30 @@ No IO here: bundles and training live elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from models.backbones import build_backbone
 from models.config import RPGConfig
-from models.diffusion import SAMPLERS, ConvUNetDenoiser, NoiseSchedule, diffusion_loss
+from models.diffusion import (
+    SAMPLER_FUNCTIONS,
+    SAMPLERS,
+    ConvUNetDenoiser,
+    NoiseSchedule,
+    OnProgress,
+    SamplerName,
+    ShouldStop,
+    diffusion_loss,
+)
 from models.position import PositionEmbedding
 
-# Called between token chunks with (tokens done, tokens total); may raise to stop sampling.
-ChunkCallback = Callable[[int, int], None]
+# Denoiser calls never get fewer rows than this: a short chunk is padded with zero rows whose
+# results are dropped. CPU BLAS kernels take another code path for tiny batches (measured: a
+# model's last 1-5 tokens came out with other bits when num_samples changed the chunk around
+# them), and the padding costs at most a few rows.
+MIN_DENOISER_ROWS = 16
 
 
 class RPGModel(nn.Module):
@@ -116,44 +128,119 @@ class RPGModel(nn.Module):
         permutation_ids: Tensor,
         condition: Tensor | None = None,
         *,
-        sampler: str = "ddim",
+        sampler: SamplerName = "ddim",
         steps: int = 50,
         eta: float = 0.0,
         chunk_size: int = 1024,
-        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator] | None = None,
         autocast_dtype: torch.dtype | None = None,
-        callback: ChunkCallback | None = None,
+        should_stop: ShouldStop | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Tensor:
         """Denoise `noise` (B, L, T) into parameter tokens, `chunk_size` tokens per denoiser call.
 
-        All tokens of a model are independent given their prototypes, so chunks are denoised
-        one after another with bounded memory. The caller sets eval mode.
+        All tokens are independent given their prototypes, so the B * L tokens form one
+        stream cut into chunks that may hold tokens of several models: small targets share
+        denoiser calls, and memory is bounded by the chunk (plus the prototypes of the models
+        a chunk touches), not by B * L. `generators` (one per model, on noise's device) give
+        each model's tokens their own fresh noise (DDPM, DDIM with eta > 0); with them, model b
+        depends only on (noise[b], ids[b], condition[b], generators[b]), not on B.
+        `should_stop()` is checked before every denoiser step (True raises `SamplingStopped`);
+        `on_progress(fraction of this call)` is called after every denoiser step of every
+        chunk. The caller sets eval mode.
         """
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
-        device_type = noise.device.type
-        use_autocast = autocast_dtype is not None and autocast_dtype != torch.float32
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
-            proto = self.prototypes(permutation_ids, condition).float()  # (B, L, D)
-        flat_noise = noise.reshape(-1, noise.shape[-1])  # (B*L, T)
-        flat_proto = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
+        if eta != 0.0 and sampler != "ddim":
+            raise ValueError(f"eta applies to the ddim sampler only; remove it for {sampler}")
+        num_models, length, token_size = noise.shape
+        if generators is not None and len(generators) != num_models:
+            raise ValueError(
+                f"pass one generator per model: got {len(generators)} for {num_models} models"
+            )
+        options: dict[str, object] = {"should_stop": should_stop}
+        if sampler != "ddpm":
+            options.update(steps=steps)
+        if sampler == "ddim":
+            options.update(eta=eta)
+        autocast = _Autocast(noise.device.type, autocast_dtype)
+        flat_noise = noise.reshape(-1, token_size)  # (B*L, T)
         total = flat_noise.shape[0]
-        out = torch.empty_like(flat_noise)
+        out = torch.empty(flat_noise.shape, dtype=torch.float32, device=noise.device)
+        prototypes: dict[int, Tensor] = {}  # model index -> (L, D), only models in reach
         for start in range(0, total, chunk_size):
             stop = min(start + chunk_size, total)
-            kwargs: dict[str, object] = {"generator": generator}
-            if sampler == "ddim":
-                kwargs.update(steps=steps, eta=eta)
-            with torch.autocast(device_type, dtype=autocast_dtype, enabled=use_autocast):
-                out[start:stop] = SAMPLERS[sampler](
+            # 1. the conditions (prototypes) and noise generators of the chunk's rows
+            first = start // length
+            for done in [b for b in prototypes if b < first]:
+                del prototypes[done]
+            conds, row_generators = [], []
+            for b in range(first, (stop - 1) // length + 1):
+                if b not in prototypes:
+                    # one model at a time: the backbone's work (and its bits) do not depend on B
+                    with autocast():
+                        cond_b = None if condition is None else condition[b : b + 1]  # (1, C)
+                        proto = self.prototypes(permutation_ids[b : b + 1], cond_b)  # (1, L, D)
+                    prototypes[b] = proto[0].float()  # (L, D)
+                lo, hi = (
+                    max(start, b * length) - b * length,
+                    min(stop, (b + 1) * length) - b * length,
+                )
+                conds.append(prototypes[b][lo:hi])  # (hi - lo, D)
+                if generators is not None:
+                    row_generators.append((hi - lo, generators[b]))
+            # 2. denoise the chunk, padded to MIN_DENOISER_ROWS
+            x_chunk, cond_chunk = _pad_rows(
+                flat_noise[start:stop], torch.cat(conds), row_generators
+            )
+            if on_progress is not None:
+                options["on_progress"] = _chunk_progress(on_progress, start, stop, total)
+            with autocast():
+                result = SAMPLER_FUNCTIONS[sampler](
                     self.denoiser,
                     self.schedule,
-                    flat_noise[start:stop],
-                    flat_proto[start:stop],
-                    **kwargs,
-                ).float()
-            if callback is not None:
-                callback(stop, total)
+                    x_chunk,
+                    cond_chunk,
+                    generator=row_generators or None,
+                    **options,
+                )
+            out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
+
+
+class _Autocast:
+    """`torch.autocast` to `dtype` on `device_type`, or nothing for None / float32."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype | None) -> None:
+        self.device_type, self.dtype = device_type, dtype
+        self.enabled = dtype is not None and dtype != torch.float32
+
+    def __call__(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+def _pad_rows(
+    x: Tensor, cond: Tensor, row_generators: list[tuple[int, torch.Generator]]
+) -> tuple[Tensor, Tensor]:
+    """Pad a chunk shorter than MIN_DENOISER_ROWS with zero rows (their results are dropped);
+    the padding draws its noise from a generator of its own, appended to `row_generators`."""
+    pad = MIN_DENOISER_ROWS - x.shape[0]
+    if pad <= 0:
+        return x, cond
+    if row_generators:
+        row_generators.append((pad, torch.Generator(device=x.device).manual_seed(0)))
+    x = torch.cat([x, x.new_zeros(pad, x.shape[1])])  # (MIN_DENOISER_ROWS, T)
+    cond = torch.cat([cond, cond.new_zeros(pad, cond.shape[1])])  # (MIN_DENOISER_ROWS, D)
+    return x, cond
+
+
+def _chunk_progress(on_progress: OnProgress, start: int, stop: int, total: int) -> OnProgress:
+    """Map a chunk's own fraction done to the fraction of all `total` tokens (weighted by rows,
+    so the whole call rises evenly and never goes back)."""
+
+    def report(fraction: float) -> None:
+        on_progress(min(1.0, (start + fraction * (stop - start)) / total))
+
+    return report

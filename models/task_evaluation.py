@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models.diffusion.samplers import SamplerName
 from models.evaluation import EvaluationError, check_generated
 from models.generator import Generator
 from models.zoo import digits
@@ -205,7 +206,7 @@ def evaluate_tasks(
     *,
     samples_per_task: int = 10,
     seen_tasks: int = 20,
-    sampler: str = "ddim",
+    sampler: SamplerName = "ddim",
     steps: int = 50,
     eta: float = 0.0,
     seed: int = 0,

@@ -291,7 +291,7 @@ def _bundle_meta(
         "architecture": zoo.architecture,
         "dataset": zoo.dataset,
         "condition": zoo.condition or {"kind": "none"},
-        "defaults": {"sampler": "ddim", "steps": 50},
+        "defaults": {"sampler": "dpm-solver++", "steps": 8},  # README, "Samplers"
         "zoo": {
             "path": str(zoo_path),
             "num_checkpoints": len(zoo.checkpoints),

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.request_check import SamplerName, default_sampling, num_timesteps
+from models.request_check import default_sampling, num_timesteps
+from models.sampler_names import SamplerName
 
 __all__ = ["Catalog", "GeneratorInfo"]
 

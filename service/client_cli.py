@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from models.sampler_names import SAMPLERS
+
 __all__ = ["register"]
 
 API_KEY_ENV = "RPG_API_KEY"
@@ -53,7 +55,7 @@ def register(subparsers: Any) -> None:
         "-n", "--num-samples", type=int, default=1, help="weight sets to generate (default 1)"
     )
     parser.add_argument("--seed", type=int, help="random seed (default: a random one)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), help="default: the generator's")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="default: the generator's")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the generator's)")
     parser.add_argument("--eta", type=float, help="DDIM eta, 0..1 (default 0: deterministic)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="output dtype")

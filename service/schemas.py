@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.types import FiniteFloat
 
-from models.request_check import SamplerName
+from models.sampler_names import SamplerName
 from worker.requests import OutputDtype, WebhookEvent
 
 __all__ = [
@@ -82,12 +82,13 @@ class GenerateRequest(_Strict):
         description="random seed; omitted = a random one, returned in the job so it can be replayed",
     )
     sampler: SamplerName | None = Field(
-        default=None, description="'ddim' or 'ddpm'; omitted = the generator's default"
+        default=None,
+        description="'ddim', 'ddpm' or 'dpm-solver++'; omitted = the generator's default",
     )
     steps: int | None = Field(
         default=None,
         ge=1,
-        description="DDIM steps; omitted = the generator's default. With 'ddpm' the generator's "
+        description="DDIM / DPM-Solver++ steps; omitted = the generator's default. With 'ddpm' the generator's "
         "full schedule (num_timesteps) is always used",
     )
     eta: FiniteFloat = Field(

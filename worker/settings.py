@@ -69,7 +69,12 @@ class Settings(BaseSettings):
     )
     worker_device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     worker_precision: Literal["float32", "float16", "bfloat16"] = "float32"
-    chunk_size: int = Field(default=1024, ge=1, description="tokens per denoiser call")
+    chunk_size: int = Field(
+        default=0,
+        ge=0,
+        description="tokens per denoiser call; 0 = by device (64 on CPU, where small calls are "
+        "faster per token and a cancel lands within a step; 1024 on GPUs)",
+    )
     heartbeat_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -9,26 +9,40 @@ from __future__ import annotations
 from models.diffusion.denoiser import ConvUNetDenoiser, timestep_embedding
 from models.diffusion.loss import diffusion_loss
 from models.diffusion.samplers import (
+    SAMPLER_FUNCTIONS,
     SAMPLERS,
     Denoiser,
+    OnProgress,
+    SamplerName,
+    ShouldStop,
+    SolverSpacing,
     Spacing,
     ddim_timesteps,
+    logsnr_timesteps,
     sample_ddim,
     sample_ddpm,
+    sample_dpm_solver_pp,
 )
 from models.diffusion.schedule import NoiseSchedule, ScheduleKind, extract
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_FUNCTIONS",
     "ConvUNetDenoiser",
     "Denoiser",
     "NoiseSchedule",
+    "OnProgress",
+    "SamplerName",
     "ScheduleKind",
+    "ShouldStop",
+    "SolverSpacing",
     "Spacing",
     "ddim_timesteps",
     "diffusion_loss",
     "extract",
+    "logsnr_timesteps",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpm_solver_pp",
     "timestep_embedding",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from models.diffusion import (
+    SAMPLER_FUNCTIONS,
     SAMPLERS,
     ConvUNetDenoiser,
     NoiseSchedule,
@@ -26,6 +27,7 @@ from models.diffusion import (
     sample_ddim,
     sample_ddpm,
 )
+from models.errors import SamplingStopped
 
 T = 100
 BETA_END = 0.05  # at T = 100 this brings a_{T-1} to about 0.08: close to pure noise
@@ -226,8 +228,8 @@ def test_ddim_full_steps_eta1_matches_ddpm_in_distribution() -> None:
 def test_samplers_respect_caller_mode_and_grad() -> None:
     schedule, model = NoiseSchedule(T_SHORT, 1e-4, 0.2), _tiny_model()
     noise, cond = torch.randn(4, 8), torch.randn(4, 3)
-    for name, sampler in SAMPLERS.items():
-        kwargs: dict[str, Any] = {"generator": _gen(0)} | ({"steps": 5} if name == "ddim" else {})
+    for name, sampler in SAMPLER_FUNCTIONS.items():
+        kwargs: dict[str, Any] = {"generator": _gen(0)} | ({} if name == "ddpm" else {"steps": 5})
         model.eval()
         with torch.no_grad():
             assert not sampler(model, schedule, noise, cond, **kwargs).requires_grad
@@ -247,7 +249,7 @@ def test_low_precision_denoiser_output_still_float32() -> None:
         return (0.5 * x).to(torch.bfloat16)
 
     noise = torch.randn(6, 8, generator=_gen(0)).half()
-    for sampler in SAMPLERS.values():
+    for sampler in SAMPLER_FUNCTIONS.values():
         out = sampler(bf16_model, schedule, noise, torch.zeros(6, 1), generator=_gen(1))
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
@@ -298,7 +300,7 @@ def test_ddim_validates_options(kwargs: dict[str, Any], error: type[Exception], 
         )
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS.values()))
+@pytest.mark.parametrize("sampler", list(SAMPLER_FUNCTIONS.values()))
 def test_samplers_validate_shapes(sampler: Callable[..., Tensor]) -> None:
     schedule = NoiseSchedule(T)
     oracle = _Oracle(torch.zeros(2, 4))
@@ -312,3 +314,73 @@ def test_samplers_validate_shapes(sampler: Callable[..., Tensor]) -> None:
 
     with pytest.raises(ValueError, match="denoiser returned shape"):
         sampler(wrong_shape, schedule, torch.zeros(2, 4), torch.zeros(2, 1))
+
+
+def test_sampler_names_in_one_place() -> None:
+    assert tuple(SAMPLER_FUNCTIONS) == SAMPLERS
+
+
+STEP_CASES: list[tuple[str, dict[str, Any], int]] = [
+    ("ddpm", {}, T),
+    ("ddim", {"steps": 7, "eta": 0.5}, 7),
+    ("dpm-solver++", {"steps": 6}, 6),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "num_steps"), STEP_CASES, ids=[c[0] for c in STEP_CASES]
+)
+def test_progress_after_every_step_and_stop_before_the_next(
+    name: str, kwargs: dict[str, Any], num_steps: int
+) -> None:
+    sampler = SAMPLER_FUNCTIONS[name]  # type: ignore[index]
+    schedule = NoiseSchedule(T, 1e-4, BETA_END)
+    oracle = _Oracle(torch.zeros(3, 4))
+    seen: list[float] = []
+    sampler(
+        oracle, schedule, torch.randn(3, 4), torch.zeros(3, 1), on_progress=seen.append, **kwargs
+    )
+    assert seen == [(i + 1) / num_steps for i in range(num_steps)]
+    assert len(oracle.seen) == num_steps
+
+    checks: list[int] = []
+
+    def stop_at_third_check() -> bool:
+        checks.append(1)
+        return len(checks) == 3
+
+    oracle = _Oracle(torch.zeros(3, 4))
+    seen.clear()
+    with pytest.raises(SamplingStopped, match="after 2 of"):
+        sampler(
+            oracle,
+            schedule,
+            torch.randn(3, 4),
+            torch.zeros(3, 1),
+            should_stop=stop_at_third_check,
+            on_progress=seen.append,
+            **kwargs,
+        )
+    assert len(oracle.seen) == 2 and len(seen) == 2  # no denoiser call after the stop
+
+
+@pytest.mark.parametrize(("sampler", "kwargs"), [(sample_ddpm, {}), (sample_ddim, {"eta": 0.8})])
+def test_row_generators_give_each_row_range_its_own_noise(
+    sampler: Callable[..., Tensor], kwargs: dict[str, Any]
+) -> None:
+    schedule = NoiseSchedule(T_SHORT, 1e-4, 0.2)
+
+    def oracle(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:  # row-wise, any batch size
+        return 0.3 * x + cond
+
+    noise, cond = torch.randn(7, 4, generator=_gen(0)), torch.randn(7, 1, generator=_gen(3))
+    if sampler is sample_ddim:
+        kwargs = {**kwargs, "steps": 6}
+    both = sampler(oracle, schedule, noise, cond, generator=[(3, _gen(1)), (4, _gen(2))], **kwargs)
+    first = sampler(oracle, schedule, noise[:3], cond[:3], generator=_gen(1), **kwargs)
+    second = sampler(oracle, schedule, noise[3:], cond[3:], generator=_gen(2), **kwargs)
+    assert torch.equal(both, torch.cat([first, second]))
+    with pytest.raises(ValueError, match="cover 6 rows but noise has 7"):
+        sampler(oracle, schedule, noise, cond, generator=[(3, _gen(1)), (3, _gen(2))], **kwargs)
+    with pytest.raises(ValueError, match="positive int row count"):
+        sampler(oracle, schedule, noise, cond, generator=[(0, _gen(1)), (7, _gen(2))], **kwargs)

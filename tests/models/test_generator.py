@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from models.bundle import BundleError, read_config
+from models.errors import SamplingStopped
 from models.generator import ConditionError, Generator, derive_seed
 from models.sampling_io import cast_floats, write_samples
 from models.zoo.store import build_module
@@ -36,6 +37,7 @@ def test_bundle_layout_and_config(tiny_bundle: Path) -> None:
     assert config["format"] == "rpg-generator" and config["version"] == 1
     assert config["architecture"]["builder"] == "models.zoo.digits:mlp"
     assert config["condition"] == {"kind": "none"}
+    assert config["defaults"] == {"sampler": "dpm-solver++", "steps": 8}
     assert config["training"]["completed_steps"] == 20
     assert config["zoo"]["num_checkpoints"] == 6
 
@@ -119,21 +121,41 @@ def test_condition_validation_for_vector_spec(generator: Generator) -> None:
         conditional.make_condition(None)
 
 
-def test_progress_callback_and_cancel(generator: Generator) -> None:
+def test_progress_after_every_denoiser_step_and_never_back(generator: Generator) -> None:
     seen: list[float] = []
-    generator.sample(
-        2, seed=0, steps=3, chunk_size=8, progress=lambda done, total: seen.append(done / total)
-    )
-    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 2
+    generator.sample(2, seed=0, steps=3, chunk_size=8, on_progress=seen.append)
+    num_chunks = -(-2 * generator.tokenizer.num_tokens // 8)
+    assert len(seen) == num_chunks * 3  # one call per denoiser step of every chunk
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0.0 < seen[0] < 0.2
 
-    class Stop(Exception):
-        pass
 
-    def stop(done: float, total: int) -> None:
-        raise Stop
+def test_should_stop_ends_sampling_before_the_next_denoiser_step(generator: Generator) -> None:
+    calls: list[int] = []
+    original = generator.model.denoiser.forward
 
-    with pytest.raises(Stop):
-        generator.sample(1, seed=0, steps=3, chunk_size=8, progress=stop)
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    checks = 0
+
+    def stop_after_four_checks() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks > 4
+
+    generator.model.denoiser.forward = counting  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SamplingStopped, match="stopped by the caller after"):
+            generator.sample(1, seed=0, steps=10, should_stop=stop_after_four_checks)
+        assert len(calls) == 4
+        calls.clear()
+        with pytest.raises(SamplingStopped):
+            generator.sample(1, seed=0, sampler="ddpm", should_stop=lambda: True)
+        assert calls == []
+    finally:
+        del generator.model.denoiser.forward
+    assert not generator.model.training
 
 
 def test_bf16_compute_runs_and_stays_close(generator: Generator) -> None:
@@ -175,9 +197,8 @@ def test_write_samples_metadata_and_dtype(generator: Generator, tmp_path: Path) 
         cast_floats(samples[0], "int8")
 
 
-def test_start_index_gives_one_sample_of_a_larger_request(generator: Generator) -> None:
-    full = generator.sample(3, seed=21, steps=4)
-    third = generator.sample(1, seed=21, steps=4, start_index=2)[0]
-    assert all(torch.equal(full[2][k], third[k]) for k in third)
-    with pytest.raises(ValueError, match="start_index"):
-        generator.sample(1, start_index=-1)
+def test_sample_i_does_not_depend_on_num_samples(generator: Generator) -> None:
+    three = generator.sample(3, seed=21, steps=4)
+    five = generator.sample(5, seed=21, steps=4)
+    for index in range(3):
+        assert all(torch.equal(three[index][k], five[index][k]) for k in three[index])
