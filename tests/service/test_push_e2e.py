@@ -77,7 +77,9 @@ def live(redis_url: str, tiny_bundle: Path, tmp_path: Path) -> Iterator[LiveGate
         job_timeout_s=120,
         webhook_allow_private=True,
         webhook_secret=SECRET,
-        webhook_progress_interval_s=0.0,
+        # progress is written at every denoiser step: space the webhook events so a job's
+        # deliveries stay within the recorded window (worker.webhooks.MAX_RECORDED)
+        webhook_progress_interval_s=0.2,
         webhook_backoff_s=1.0,
         webhook_retries=1,
     )
