@@ -11,6 +11,7 @@ instantiating ours.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -110,3 +111,119 @@ def official_parameter_count(preset: Preset) -> int:
     mamba = _numel(first) + _numel(second)
     unet = _official_unet(preset.channels, preset.token_size, width)
     return mamba + unet + 2 * preset.d_model + preset.d_model
+
+
+# ---------------------------------------------------------------------------- memory and FLOPs
+
+# Calibrated on this project's CPU host (README "Planning"): the `rpg` process before any
+# tensor, and the ratio of peak RSS to the backbone's live bytes per checkpointed piece
+# (glibc keeps the freed temporaries of one piece mapped while the next piece runs).
+RUNTIME_BYTES = 230 * 2**20
+ALLOCATOR_FACTOR = 7.5
+FLOAT = 4  # bytes: training and float32 sampling
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a plan is computed for: the zoo's shape and the run's settings."""
+
+    num_checkpoints: int
+    num_tokens: int  # L
+    config: RPGConfig
+    batch_size: int
+    micro_batch: int
+    diffusion_batch: int
+    checkpoint_chunk: int | None
+    ema: bool
+    resident: bool  # encoded zoo kept in memory
+    sample_steps: int
+    sample_chunk: int = 1024  # tokens per denoiser call when sampling
+
+
+def _mamba_token_floats(config: RPGConfig) -> int:
+    """Floats a Mamba2 layer keeps per token for backward (what autograd saves)."""
+    d = config.backbone.d_model
+    opts = {"d_state": 128, "expand": 2, "headdim": 64, "ngroups": 1, "chunk_size": 64}
+    opts.update({k: v for k, v in config.backbone.options.items() if k in opts})
+    d_inner = opts["expand"] * d
+    heads = d_inner // opts["headdim"]
+    state = opts["ngroups"] * opts["d_state"]
+    in_proj = 2 * d_inner + 2 * state + heads
+    conv = d_inner + 2 * state
+    # in_proj out, conv out + SiLU, x*dt, y, gated norm (2), out; the scan's q x q blocks per
+    # head (decays, scores, their exp and cumsum); residual norm and sum.
+    return in_proj + 2 * conv + 4 * d_inner + 4 * opts["chunk_size"] * heads + 4 * d
+
+
+def _backbone_token_floats(config: RPGConfig) -> int:
+    d = config.backbone.d_model
+    per_layer = _mamba_token_floats(config) if config.backbone.kind == "mamba" else 12 * d
+    return config.backbone.num_layers * per_layer
+
+
+def _denoiser_token_floats(config: RPGConfig) -> int:
+    """Floats per token in the denoiser: activations and gradients of every layer, and the
+    conv's unfolded input (kernel x widest input) that oneDNN's backward works on."""
+    channels = config.denoiser.channels
+    widest = max(channels) * config.denoiser.kernel_size
+    return config.token_size * (2 * sum(channels) + 2 * widest)
+
+
+def train_memory(work: Workload, parameters: int) -> dict[str, int]:
+    """Predicted peak memory of a training step, by part (bytes; "peak_bytes" the total)."""
+    config, L, T = work.config, work.num_tokens, work.config.token_size
+    d = config.backbone.d_model
+    pass_tokens = work.micro_batch * (work.checkpoint_chunk or L)
+    backbone = pass_tokens * _backbone_token_floats(config) * FLOAT * ALLOCATOR_FACTOR
+    if work.checkpoint_chunk is None:  # inputs and prototypes of the whole batch, and grads
+        backbone += 4 * work.micro_batch * L * d * FLOAT
+    # the position table and its float64 construction, per sequence position
+    backbone += 4 * L * d * FLOAT
+    denoiser = work.diffusion_batch * _denoiser_token_floats(config) * FLOAT
+    parts = {
+        "runtime_bytes": RUNTIME_BYTES,
+        "weights_bytes": parameters * FLOAT,
+        "gradients_bytes": parameters * FLOAT,
+        "optimizer_bytes": 2 * parameters * FLOAT,  # AdamW's two moments
+        "ema_bytes": parameters * FLOAT if work.ema else 0,
+        "zoo_bytes": work.num_checkpoints * L * T * FLOAT if work.resident else 2 * L * T * FLOAT,
+        "batch_bytes": work.micro_batch * L * T * FLOAT,
+        "activation_bytes": int(backbone + denoiser),
+    }
+    parts["peak_bytes"] = sum(parts.values())
+    return parts
+
+
+def sample_memory(work: Workload, parameters: int) -> dict[str, int]:
+    """Predicted peak memory of sampling one model in float32 (bytes, by part)."""
+    config, L, T = work.config, work.num_tokens, work.config.token_size
+    d_out = config.backbone.d_output or config.backbone.d_model
+    # Inference keeps nothing for backward: one layer's temporaries over the sequence.
+    backbone = L * (_backbone_token_floats(config) // config.backbone.num_layers) * FLOAT
+    parts = {
+        "runtime_bytes": RUNTIME_BYTES,
+        "weights_bytes": parameters * FLOAT,
+        "prototypes_bytes": L * d_out * FLOAT + backbone,
+        "tokens_bytes": 3 * L * T * FLOAT,  # noise, output, decoded float64 per tensor
+        # inference: one layer's input, output and unfolded input per token of a chunk
+        "denoiser_bytes": min(work.sample_chunk, L)
+        * T
+        * (max(config.denoiser.channels) * (config.denoiser.kernel_size + 2))
+        * FLOAT,
+    }
+    parts["peak_bytes"] = sum(parts.values())
+    return parts
+
+
+def sample_flops(work: Workload, backbone_parameters: int) -> int:
+    """Multiply-adds x 2 to generate one model: the backbone once, the denoiser per step."""
+    config, L, T = work.config, work.num_tokens, work.config.token_size
+    channels = config.denoiser.channels
+    kernel = config.denoiser.kernel_size
+    convs = sum(2 * c_in * c_out * kernel * T for c_in, c_out in itertools.pairwise(channels))
+    layers = len(channels) - 1
+    d_out = config.backbone.d_output or config.backbone.d_model
+    projections = 2 * T * (config.denoiser.time_dim * layers)
+    projections += 2 * T * d_out * (layers if config.denoiser.cond_projection == "per_layer" else 1)
+    backbone = 2 * backbone_parameters * L  # every backbone weight once per token
+    return backbone + work.sample_steps * L * (convs + projections)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from models import bench as bench_cli
 from models import cli as models_cli
-from models import evaluation_cli
+from models import evaluation_cli, plan_cli
 from models.zoo import cli as zoo_cli
 from service import client_cli, commands, demo
 from worker import cli as worker_cli
@@ -21,6 +21,7 @@ REGISTRARS = (
     zoo_cli.register,  # rpg zoo build|import|show
     models_cli.register,  # rpg train, rpg sample
     evaluation_cli.register,  # rpg evaluate
+    plan_cli.register,  # rpg plan
     bench_cli.register,  # rpg bench quality|speed
     worker_cli.register,  # rpg worker
     commands.register,  # rpg serve, rpg keys
