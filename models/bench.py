@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from models.bench_scale import register_scale
 from models.zoo.build import DIGITS_ARCHITECTURES
 
 
@@ -55,6 +56,8 @@ def register(subparsers: Any) -> None:
         description="Train the tiny preset on a digits-mlp zoo for --steps steps (after warm-up) and "
         "time sampling one model with DDIM and DDPM.",
     )
+    register_scale(sub)  # rpg bench scale (models/bench_scale.py)
+
     speed.add_argument("--work", type=Path, default=Path("data/bench/speed"))
     speed.add_argument("--steps", type=int, default=100)
     speed.add_argument("--ddim-steps", type=int, default=50)

@@ -8,8 +8,11 @@ checkpoints. Either way a batch holds the same numbers: ``encode`` is determinis
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -17,10 +20,38 @@ from torch import Tensor
 
 from models.tokenizer import Granularity, ParameterTokenizer
 
-__all__ = ["DEFAULT_RESIDENT_BYTES", "ZooTokens", "fit_tokenizer", "read_state_dicts"]
+__all__ = [
+    "DEFAULT_RESIDENT_BYTES",
+    "ZooTokens",
+    "fit_tokenizer",
+    "read_state_dicts",
+    "release_free_memory",
+]
 
 # Encoded zoos up to this size stay in memory (the digits zoos: ~2 MB; 16 ResNet-18s: 0.7 GB).
 DEFAULT_RESIDENT_BYTES = 256 * 2**20
+
+
+def _load_malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Reading checkpoints allocates and frees many large blocks; glibc keeps such pages mapped
+    inside its heap, so without this the process's resident memory would keep what reading
+    the zoo once needed, and grow with the number of checkpoints read.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def read_state_dicts(files: Sequence[Path]) -> Iterator[dict[str, Tensor]]:
@@ -33,9 +64,11 @@ def fit_tokenizer(
     files: Sequence[Path], *, token_size: int, granularity: Granularity
 ) -> ParameterTokenizer:
     """Fit the tokenizer in one streaming pass over the zoo's files."""
-    return ParameterTokenizer.fit(
+    tokenizer = ParameterTokenizer.fit(
         read_state_dicts(files), token_size=token_size, granularity=granularity
     )
+    release_free_memory()
+    return tokenizer
 
 
 class ZooTokens:
@@ -58,6 +91,7 @@ class ZooTokens:
             self._tokens = torch.empty(len(self.files), tokenizer.num_tokens, tokenizer.token_size)
             for i, state_dict in enumerate(read_state_dicts(self.files)):
                 self._tokens[i] = tokenizer.encode(state_dict)
+            release_free_memory()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -69,4 +103,5 @@ class ZooTokens:
         out = torch.empty(len(indices), self.tokenizer.num_tokens, self.tokenizer.token_size)
         for row, index in enumerate(indices):
             out[row] = self.tokenizer.encode(load_file(self.files[index], device="cpu"))
+        release_free_memory()
         return out

@@ -175,3 +175,22 @@ def test_small_resnet_zoo_builds_and_scores(tmp_path: Path) -> None:
     module.load_state_dict(load_file(zoo.files()[0]), strict=True)
     assert any(k.endswith("running_var") for k in module.state_dict())
     assert all(a is not None and a > 0.2 for a in zoo.accuracies())  # far above chance
+
+
+@pytest.mark.slow
+def test_bench_scale_small_runs_end_to_end(tmp_path: Path) -> None:
+    from models.bench_scale import run_scale
+
+    report = run_scale(
+        tmp_path,
+        small=True,
+        num_checkpoints=2,
+        steps=2,
+        num_samples=1,
+        ddim_steps=2,
+        device="cpu",
+        preset="tiny",
+    )
+    assert report["zoo"]["checkpoints"] == 2 and report["plan"]["preset"] == "tiny"
+    assert 0.0 <= report["generated"]["mean"] <= 1.0 and report["times"]["train_s"] > 0
+    assert report["memory"]["peak_rss_gib"] > 0
