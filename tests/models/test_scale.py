@@ -214,3 +214,23 @@ def test_resume_is_bit_exact_with_pieces_streaming_and_micro_batches(
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "split" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rpg_model_with_the_official_large_layout_trains_and_samples() -> None:
+    """Bare Mamba stack widening to d_output, shared condition projection (toy sizes)."""
+    config = RPGConfig(
+        token_size=16,
+        backbone=BackboneConfig(
+            d_model=48, residual=False, d_output=64, options={"d_state": 8, "headdim": 16}
+        ),
+        denoiser=DenoiserConfig(channels=(1, 4, 1), cond_projection="shared"),
+    )
+    positions = torch.stack([torch.zeros(40, dtype=torch.long), torch.arange(40)], dim=1)
+    model = RPGModel(config, positions)
+    assert count_parameters(config, 40) == sum(p.numel() for p in model.parameters())
+    ids = torch.zeros(2, dtype=torch.long)
+    loss = model(torch.randn(2, 40, 16), ids, diffusion_batch=20, checkpoint_chunk=16)
+    loss.backward()
+    model.eval()
+    out = model.sample_tokens(torch.randn(1, 40, 16), ids[:1], steps=2)
+    assert out.shape == (1, 40, 16) and bool(torch.isfinite(out).all())
