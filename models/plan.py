@@ -120,6 +120,7 @@ def official_parameter_count(preset: Preset) -> int:
 # (glibc keeps the freed temporaries of one piece mapped while the next piece runs).
 RUNTIME_BYTES = 230 * 2**20
 ALLOCATOR_FACTOR = 7.5
+CUDA_ALLOCATOR_FACTOR = 1.3  # an assumption, not yet measured (no GPU in this project's CI)
 FLOAT = 4  # bytes: training and float32 sampling
 
 
@@ -138,6 +139,7 @@ class Workload:
     resident: bool  # encoded zoo kept in memory
     sample_steps: int
     sample_chunk: int = 1024  # tokens per denoiser call when sampling
+    device_type: str = "cpu"  # "cuda": bf16 autocast, the caching allocator, no unfolded convs
 
 
 def _mamba_token_floats(config: RPGConfig) -> int:
@@ -161,11 +163,11 @@ def _backbone_token_floats(config: RPGConfig) -> int:
     return config.backbone.num_layers * per_layer
 
 
-def _denoiser_token_floats(config: RPGConfig) -> int:
-    """Floats per token in the denoiser: activations and gradients of every layer, and the
-    conv's unfolded input (kernel x widest input) that oneDNN's backward works on."""
+def _denoiser_token_floats(config: RPGConfig, device_type: str = "cpu") -> int:
+    """Floats per token in the denoiser: activations and gradients of every layer, and on CPU
+    the conv's unfolded input (kernel x widest input) that oneDNN's backward works on."""
     channels = config.denoiser.channels
-    widest = max(channels) * config.denoiser.kernel_size
+    widest = max(channels) * config.denoiser.kernel_size if device_type == "cpu" else 0
     return config.token_size * (2 * sum(channels) + 2 * widest)
 
 
@@ -174,12 +176,16 @@ def train_memory(work: Workload, parameters: int) -> dict[str, int]:
     config, L, T = work.config, work.num_tokens, work.config.token_size
     d = config.backbone.d_model
     pass_tokens = work.micro_batch * (work.checkpoint_chunk or L)
-    backbone = pass_tokens * _backbone_token_floats(config) * FLOAT * ALLOCATOR_FACTOR
+    # On CUDA (not measured here yet): bf16 activations, PyTorch's caching allocator.
+    on_cpu = work.device_type == "cpu"
+    factor = ALLOCATOR_FACTOR if on_cpu else CUDA_ALLOCATOR_FACTOR
+    act = FLOAT if on_cpu else FLOAT // 2
+    backbone = pass_tokens * _backbone_token_floats(config) * act * factor
     if work.checkpoint_chunk is None:  # inputs and prototypes of the whole batch, and grads
         backbone += 4 * work.micro_batch * L * d * FLOAT
     # the position table and its float64 construction, per sequence position
     backbone += 4 * L * d * FLOAT
-    denoiser = work.diffusion_batch * _denoiser_token_floats(config) * FLOAT
+    denoiser = work.diffusion_batch * _denoiser_token_floats(config, work.device_type) * act
     parts = {
         "runtime_bytes": RUNTIME_BYTES,
         "weights_bytes": parameters * FLOAT,
@@ -198,7 +204,10 @@ def sample_memory(work: Workload, parameters: int) -> dict[str, int]:
     """Predicted peak memory of sampling one model in float32 (bytes, by part)."""
     config, L, T = work.config, work.num_tokens, work.config.token_size
     d_out = config.backbone.d_output or config.backbone.d_model
-    # Inference keeps nothing for backward: one layer's temporaries over the sequence.
+    # Inference keeps nothing for backward: one layer's temporaries over the sequence; the
+    # widest conv's input and output per token value (on CPU also its unfolded input).
+    kernel = config.denoiser.kernel_size if work.device_type == "cpu" else 0
+    widest = max(config.denoiser.channels) * (kernel + 2)
     backbone = L * (_backbone_token_floats(config) // config.backbone.num_layers) * FLOAT
     parts = {
         "runtime_bytes": RUNTIME_BYTES,
@@ -206,10 +215,7 @@ def sample_memory(work: Workload, parameters: int) -> dict[str, int]:
         "prototypes_bytes": L * d_out * FLOAT + backbone,
         "tokens_bytes": 3 * L * T * FLOAT,  # noise, output, decoded float64 per tensor
         # inference: one layer's input, output and unfolded input per token of a chunk
-        "denoiser_bytes": min(work.sample_chunk, L)
-        * T
-        * (max(config.denoiser.channels) * (config.denoiser.kernel_size + 2))
-        * FLOAT,
+        "denoiser_bytes": min(work.sample_chunk, L) * T * widest * FLOAT,
     }
     parts["peak_bytes"] = sum(parts.values())
     return parts

@@ -75,6 +75,7 @@ def make_plan(
         ema=chosen.ema_decay is not None,
         resident=N * L * T * 4 <= DEFAULT_RESIDENT_BYTES,
         sample_steps=steps,
+        device_type="cuda" if device.startswith("cuda") else "cpu",
     )
     import torch
 
@@ -131,16 +132,16 @@ def _advice(plan: dict[str, Any], memory: int) -> list[str]:
     if train["peak_bytes"] > memory:
         if train["micro_batch"] > 1:
             advice.append(
-                f"--micro-batch {max(1, train['micro_batch'] // 2)}: accumulate gradients over "
+                f"try --micro-batch {max(1, train['micro_batch'] // 2)}: accumulate gradients over "
                 "smaller passes (same batch, less activation memory)"
             )
         chunk = train["checkpoint_chunk"]
         advice.append(
-            f"--checkpoint-chunk {max(64, (chunk or 4096) // 2)}: shorter backbone pieces"
+            f"try --checkpoint-chunk {max(64, (chunk or 4096) // 2)}: shorter backbone pieces"
         )
         if train["ema_bytes"]:
-            advice.append("--ema-decay 0: no averaged copy of the weights")
-        advice.append("a smaller --preset or --token-size: fewer generator parameters")
+            advice.append("try --ema-decay 0: no averaged copy of the weights")
+        advice.append("try a smaller --preset or --token-size: fewer generator parameters")
     if plan["sample"]["peak_bytes"] > memory:
         advice.append("sampling does not fit: use a smaller preset or a device with more memory")
     return advice
@@ -182,7 +183,7 @@ def _print(plan: dict[str, Any]) -> None:
     else:
         verdict = "fits" if device["train_fits"] and device["sample_fits"] else "does NOT fit"
         lines.append(f"device:     {device['name']}, {_gib(memory)}: {verdict}")
-        lines.extend(f"  try {a}" for a in plan.get("advice", []))
+        lines.extend(f"  - {a}" for a in plan.get("advice", []))
     print("\n".join(lines))
 
 
