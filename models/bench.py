@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from models.diffusion.samplers import SamplerName
+from models.bench_scale import register_scale
+from models.sampler_names import SamplerName
 from models.zoo.build import DIGITS_ARCHITECTURES
 
 
@@ -56,6 +57,8 @@ def register(subparsers: Any) -> None:
         description="Train the tiny preset on a digits-mlp zoo for --steps steps (after warm-up) and "
         "time sampling one model with DDIM and DDPM.",
     )
+    register_scale(sub)  # rpg bench scale (models/bench_scale.py)
+
     speed.add_argument("--work", type=Path, default=Path("data/bench/speed"))
     speed.add_argument("--steps", type=int, default=100)
     speed.add_argument("--ddim-steps", type=int, default=50)
@@ -63,6 +66,12 @@ def register(subparsers: Any) -> None:
         "--repeats", type=int, default=3, help="samples timed per sampler (median reported)"
     )
     speed.add_argument("--device", default="auto")
+    speed.add_argument(
+        "--rate-steps",
+        type=int,
+        default=2,
+        help="training steps timed per zoo for tokens/s vs the matmul rate (0: skip)",
+    )
     speed.set_defaults(func=_speed)
 
 
@@ -230,4 +239,31 @@ def _speed(args: argparse.Namespace) -> int:
         print(
             f"sample 1 model, {label}: {seconds:.2f} s ({generator.num_parameters / seconds:,.0f} params/s)"
         )
+    if args.rate_steps:
+        _train_rates(args.work, args.rate_steps)
     return 0
+
+
+def _train_rates(work: Path, steps: int) -> None:
+    """Training tokens/s on digits-mlp and a long-sequence zoo beside the matmul rate."""
+    from models.bench_train_rate import matmul_flops_per_second, training_rate
+    from models.zoo import digits
+    from models.zoo.build import build_digits_zoo
+
+    if not (work / "zoo" / "zoo.json").is_file():
+        build_digits_zoo("digits-mlp", work / "zoo", num_checkpoints=50, progress=False)
+    resnet = work / "zoo-resnet18-small"
+    if not (resnet / "zoo.json").is_file():
+        recipe = digits.TrainingRecipe(epochs=2, lr=1e-3, batch_size=32)
+        build_digits_zoo("digits-resnet18-small", resnet, num_checkpoints=8, recipe=recipe,
+                         progress=False, overwrite=True)  # fmt: skip
+    matmul = matmul_flops_per_second()
+    print(f"matmul (1024x1024 float32): {matmul / 1e9:.1f} GFLOP/s")
+    for name, zoo in (("digits-mlp", work / "zoo"), ("digits-resnet18-small", resnet)):
+        rate = training_rate(zoo, work / f"rate-{name}", steps=steps)
+        print(
+            f"train {name}: {rate['tokens_per_second']:,.0f} tokens/s "
+            f"({rate['num_tokens']} tokens x batch {rate['batch_size']}, "
+            f"{rate['seconds_per_step']:.2f} s/step), ~{rate['flops_per_second'] / 1e9:.1f} "
+            f"GFLOP/s = {rate['flops_per_second'] / matmul:.0%} of the matmul rate"
+        )

@@ -63,12 +63,24 @@ def register(subparsers: Any) -> None:
     train.add_argument(
         "--ema-decay",
         type=float,
-        default=0.995,
-        help="keep an exponential moving average of the weights and save it (0: save the raw weights)",
+        help="keep an exponential moving average of the weights with this decay and save it "
+        "(default: the preset's: 0.995 for tiny, none for the paper presets; 0: off)",
     )
     train.add_argument("--granularity", choices=["tensor", "channel"], default="tensor")
     train.add_argument("--num-layers", type=int, default=2, help="backbone layers")
     train.add_argument("--name", help="generator name (default: the zoo's architecture name)")
+    train.add_argument(
+        "--micro-batch",
+        type=int,
+        help="checkpoints per forward/backward pass; gradients accumulate over the batch "
+        "(default: the whole batch at once)",
+    )
+    train.add_argument(
+        "--checkpoint-chunk",
+        type=int,
+        help="tokens per activation-checkpointed backbone piece (default: automatic for long "
+        "sequences, over 4096 tokens per pass; 0: off)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -124,10 +136,12 @@ def _train(args: argparse.Namespace) -> int:
         permutation_states=args.permutation_states,
         condition_mode=args.condition_mode,
         granularity=args.granularity,
-        ema_decay=args.ema_decay or None,
+        ema_decay=args.ema_decay,
         num_layers=args.num_layers,
         name=args.name,
         progress=not args.no_progress,
+        micro_batch=args.micro_batch,
+        checkpoint_chunk=args.checkpoint_chunk,
     )
     result = train(args.zoo, args.out, options)
     print(

@@ -10,14 +10,15 @@ the tokenizer's positions.
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
+from models.config import PositionKind
+
 __all__ = ["PositionEmbedding", "PositionKind", "sinusoidal_embedding"]
 
-PositionKind = Literal["2d", "1d", "learned"]
 
 # Wavelengths span 2*pi .. 2*pi*10000 tokens, as in "Attention Is All You Need".
 _MAX_PERIOD = 10000.0

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from models.backbones import build_backbone
 from models.config import RPGConfig
@@ -43,7 +44,7 @@ class RPGModel(nn.Module):
         self.config = config
         d_model = config.backbone.d_model
         self.num_tokens = int(positions.shape[0])
-        self.position = PositionEmbedding(positions, d_model, kind=config.position)  # type: ignore[arg-type]
+        self.position = PositionEmbedding(positions, d_model, kind=config.position)
         self.permutation = nn.Embedding(config.num_permutation_states, d_model)
         nn.init.normal_(self.permutation.weight, std=0.02)
         self.condition: nn.Module | None = None
@@ -62,27 +63,48 @@ class RPGModel(nn.Module):
             config.backbone.kind,
             d_model=d_model,
             num_layers=config.backbone.num_layers,
+            residual=config.backbone.residual,
+            d_output=config.backbone.d_output,
             **config.backbone.options,
         )
         self.denoiser = ConvUNetDenoiser(
             config.token_size,
-            d_model,
+            self.backbone.d_output,
             channels=config.denoiser.channels,
             kernel_size=config.denoiser.kernel_size,
             time_dim=config.denoiser.time_dim,
-            norm=config.denoiser.norm,  # type: ignore[arg-type]
+            norm=config.denoiser.norm,
+            cond_projection=config.denoiser.cond_projection,
         )
         self.schedule = NoiseSchedule(
             config.diffusion.num_timesteps,
             config.diffusion.beta_start,
             config.diffusion.beta_end,
-            kind=config.diffusion.schedule,  # type: ignore[arg-type]
+            kind=config.diffusion.schedule,
         )
 
-    def prototypes(self, permutation_ids: Tensor, condition: Tensor | None = None) -> Tensor:
-        """One prototype per token: (B,) ids [+ (B, condition_dim)] -> (B, num_tokens, d_model)."""
-        pos = self.position()  # (L, D)
-        x = pos.unsqueeze(0) + self.permutation(permutation_ids).unsqueeze(1)  # (B, L, D)
+    def prototypes(
+        self,
+        permutation_ids: Tensor,
+        condition: Tensor | None = None,
+        *,
+        checkpoint_chunk: int | None = None,
+    ) -> Tensor:
+        """One prototype per token: (B,) ids [+ (B, condition_dim)] -> (B, num_tokens, d_model).
+
+        ``checkpoint_chunk``: run the backbone in checkpointed pieces of that many tokens
+        (bounded activation memory for long sequences; see ``BackboneStack.forward``).
+        """
+        x = self._inputs(permutation_ids, condition, 0, self.num_tokens)  # (B, L, D)
+        out: Tensor = self.backbone(x, checkpoint_chunk=checkpoint_chunk)
+        return out
+
+    def _inputs(
+        self, permutation_ids: Tensor, condition: Tensor | None, start: int, stop: int
+    ) -> Tensor:
+        """Backbone inputs of tokens start..stop: (B, stop - start, D)."""
+        pos = self.position()[start:stop]  # (l, D)
+        x = pos.unsqueeze(0) + self.permutation(permutation_ids).unsqueeze(1)  # (B, l, D)
         if self.condition is not None:
             if condition is None:
                 raise ValueError(
@@ -90,12 +112,67 @@ class RPGModel(nn.Module):
                 )
             c = self.condition(condition.to(x.dtype)).unsqueeze(1)  # (B, 1, D)
             if self.condition_gate is not None:
-                c = c * torch.sigmoid(self.condition_gate(pos)).unsqueeze(0)  # (B, L, D)
+                c = c * torch.sigmoid(self.condition_gate(pos)).unsqueeze(0)  # (B, l, D)
             x = x + c
         elif condition is not None:
             raise ValueError("this generator is unconditional: condition must be None")
-        out: Tensor = self.backbone(x)
-        return out
+        return x
+
+    def selected_prototypes(
+        self,
+        permutation_ids: Tensor,
+        condition: Tensor | None,
+        flat_index: Tensor,
+        checkpoint_chunk: int,
+    ) -> Tensor:
+        """Prototypes of the tokens ``flat_index`` (indices into B*L) only: (n, D).
+
+        The backbone runs in activation-checkpointed pieces of ``checkpoint_chunk`` tokens,
+        carrying its recurrent state; each piece keeps only the prototypes asked for, so
+        neither the inputs nor the prototypes of the whole batch are ever held, forward or
+        backward: memory is one piece's activations plus the selected rows. Equal (up to
+        float rounding) to ``prototypes(...).reshape(-1, D)[flat_index]``.
+        """
+        if not self.backbone.stateful:
+            proto = self.prototypes(permutation_ids, condition, checkpoint_chunk=checkpoint_chunk)
+            return proto.reshape(-1, proto.shape[-1])[flat_index]  # (B*L, D) -> (n, D)
+        length = self.num_tokens
+        row, col = flat_index // length, flat_index % length  # (n,) checkpoint, token
+        probe = self._inputs(permutation_ids, condition, 0, 1)  # (B, 1, D): dtype, device
+        flat = self.backbone.initial_state(probe)
+        pieces, order = [], []
+        for start in range(0, length, checkpoint_chunk):
+            stop = min(start + checkpoint_chunk, length)
+            inside = ((col >= start) & (col < stop)).nonzero().squeeze(1)  # (k,) into flat_index
+            keep = torch.stack([row[inside], col[inside] - start])  # (2, k)
+            selected, *flat = checkpoint(
+                self._piece,
+                permutation_ids,
+                condition,
+                start,
+                stop,
+                keep,
+                *flat,
+                use_reentrant=False,
+            )
+            pieces.append(selected)  # (k, D)
+            order.append(inside)
+        gathered = torch.cat(pieces)  # (n, D), grouped by piece
+        return gathered[torch.argsort(torch.cat(order))]  # back in flat_index order
+
+    def _piece(
+        self,
+        permutation_ids: Tensor,
+        condition: Tensor | None,
+        start: int,
+        stop: int,
+        keep: Tensor,
+        *flat: Tensor,
+    ) -> tuple[Tensor, ...]:
+        """Tokens start..stop through the backbone; returns the kept rows and the new state."""
+        x = self._inputs(permutation_ids, condition, start, stop)  # (B, l, D)
+        y, *state = self.backbone.forward_chunk(x, *flat)  # (B, l, D)
+        return (y[keep[0], keep[1]], *state)  # (k, D)
 
     def forward(
         self,
@@ -105,20 +182,33 @@ class RPGModel(nn.Module):
         *,
         diffusion_batch: int = 512,
         generator: torch.Generator | None = None,
+        checkpoint_chunk: int | None = None,
     ) -> Tensor:
         """The training loss: masked epsilon MSE on a random subset of `diffusion_batch`
         tokens of the batch (the loss is the forward pass so that DDP wraps the whole step).
 
         tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
+        ``checkpoint_chunk``: compute only the subset's prototypes, in checkpointed pieces
+        (``selected_prototypes``); same loss up to float rounding, far less memory.
         """
-        proto = self.prototypes(permutation_ids, condition)  # (B, L, D)
         x0 = tokens.reshape(-1, tokens.shape[-1])  # (B*L, T)
-        cond = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
+        idx = None
         if diffusion_batch < x0.shape[0]:
             idx = torch.randperm(x0.shape[0], device=x0.device, generator=generator)[
                 :diffusion_batch
             ]
-            x0, cond = x0[idx], cond[idx]
+        if checkpoint_chunk is not None:
+            flat_index = torch.arange(x0.shape[0], device=x0.device) if idx is None else idx
+            cond = self.selected_prototypes(
+                permutation_ids, condition, flat_index, checkpoint_chunk
+            )  # (n, D)
+        else:
+            proto = self.prototypes(permutation_ids, condition)  # (B, L, D)
+            cond = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
+            if idx is not None:
+                cond = cond[idx]
+        if idx is not None:
+            x0 = x0[idx]
         return diffusion_loss(self.denoiser, self.schedule, x0, cond, generator=generator)
 
     @torch.inference_mode()

@@ -15,7 +15,7 @@ i.e. about `2**-24 * |x - mean|`, plus the rounding back into the tensor's own d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -162,7 +162,7 @@ class ParameterTokenizer:
     @classmethod
     def fit(
         cls,
-        state_dicts: Sequence[Mapping[str, Tensor]],
+        state_dicts: Iterable[Mapping[str, Tensor]],
         *,
         token_size: int = 256,
         granularity: Granularity = "tensor",
@@ -170,23 +170,36 @@ class ParameterTokenizer:
         """Fix the layout from a zoo of same-architecture state dicts and measure the stats.
 
         Each tokenized tensor is normalized by the mean over checkpoints of its per-checkpoint
-        mean and (population) std; passthrough tensors are taken from `state_dicts[0]`.
+        mean and (population) std; passthrough tensors are taken from the first state dict.
+        ``state_dicts`` is read once, in order, and no state dict is kept after its turn (only
+        running sums, plus the BatchNorm running variances, which are small), so a generator
+        that loads one checkpoint at a time fits a zoo of any size in one checkpoint's memory.
         """
         token_size = _check_token_size(token_size)
         granularity = _check_granularity(granularity)
-        if len(state_dicts) == 0:
-            raise ValueError("fit() needs at least one state dict; got an empty zoo")
-        first = state_dicts[0]
+        first: Mapping[str, Tensor] | None = None
+        stats: dict[str, _StreamingStats] = {}
         for index, state_dict in enumerate(state_dicts):
+            if first is None:
+                _check_same_architecture(state_dict, state_dict, index)  # tensors only
+                first = {k: v.detach().to("cpu").clone() for k, v in state_dict.items()}
+                stats = {
+                    k: _StreamingStats(k) for k, v in first.items() if not _is_passthrough(k, v)
+                }
             _check_same_architecture(first, state_dict, index)
-
+            for name, accumulator in stats.items():
+                accumulator.add(state_dict[name])
+        if first is None:
+            raise ValueError("fit() needs at least one state dict; got an empty zoo")
         entries: list[_TensorSpec | _Passthrough] = []
         for name, tensor in first.items():
-            if _is_passthrough(name, tensor):
-                entries.append(_Passthrough(name, tensor.detach().to("cpu").clone()))
+            if name not in stats:
+                entries.append(_Passthrough(name, tensor))
             else:
-                stats = _zoo_stats(name, [sd[name] for sd in state_dicts])
-                entries.append(_TensorSpec(name, tuple(tensor.shape), tensor.dtype, *stats))
+                mean, std, var_mean = stats[name].result()
+                entries.append(
+                    _TensorSpec(name, tuple(tensor.shape), tensor.dtype, mean, std, var_mean)
+                )
         return cls(token_size=token_size, granularity=granularity, entries=entries)
 
     # --------------------------------------------------------------------------- properties
@@ -397,25 +410,48 @@ def _check_same_architecture(
             )
 
 
-def _zoo_stats(name: str, tensors: Sequence[Tensor]) -> tuple[float, float, float | None]:
-    """(mean, std, running_var mean or None): averages of per-checkpoint statistics."""
-    count = len(tensors)
-    var_mean = None
-    # Only a non-negative running_var gets the log transform: its argument must stay > 0.
-    if name.endswith("running_var") and all(bool((t >= 0).all()) for t in tensors):
-        raw_mean = sum(float(_to_float64(name, t, "fit()").mean()) for t in tensors) / count
-        var_mean = raw_mean if raw_mean > 0 else 1.0  # all-zero variances: any scale works
-    mean_sum = std_sum = 0.0
-    for tensor in tensors:
-        values = _to_float64(name, tensor, "fit()")
-        if var_mean is not None:
-            values = _log_variance(values, var_mean)
-        mean_sum += float(values.mean())
-        std_sum += float(values.std(correction=0))
-    mean, std = mean_sum / count, std_sum / count
-    if not (math.isfinite(mean) and math.isfinite(std)):
-        raise ValueError(f"fit(): {name!r} has values too large to normalize in float64")
-    return mean, (std if std >= _STD_FLOOR else 1.0), var_mean
+class _StreamingStats:
+    """Per-tensor zoo statistics accumulated one checkpoint at a time.
+
+    (mean, std) are averages of per-checkpoint statistics, summed in zoo order. A BatchNorm
+    ``running_var`` needs the zoo mean of its raw values before its log transform, so its
+    values (one small vector per checkpoint) are kept until ``result()``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+        self.mean_sum = 0.0
+        self.std_sum = 0.0
+        self.variances: list[Tensor] | None = [] if name.endswith("running_var") else None
+
+    def add(self, tensor: Tensor) -> None:
+        values = _to_float64(self.name, tensor, "fit()")
+        self.count += 1
+        if self.variances is not None:
+            self.variances.append(values)
+            return
+        self.mean_sum += float(values.mean())
+        self.std_sum += float(values.std(correction=0))
+
+    def result(self) -> tuple[float, float, float | None]:
+        """(mean, std, running_var mean or None)."""
+        var_mean = None
+        mean_sum, std_sum = self.mean_sum, self.std_sum
+        if self.variances is not None:
+            # Only a non-negative running_var gets the log transform: its argument must stay > 0.
+            if all(bool((v >= 0).all()) for v in self.variances):
+                raw_mean = sum(float(v.mean()) for v in self.variances) / self.count
+                var_mean = raw_mean if raw_mean > 0 else 1.0  # all-zero variances: any scale
+            for values in self.variances:
+                if var_mean is not None:
+                    values = _log_variance(values, var_mean)
+                mean_sum += float(values.mean())
+                std_sum += float(values.std(correction=0))
+        mean, std = mean_sum / self.count, std_sum / self.count
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise ValueError(f"fit(): {self.name!r} has values too large to normalize in float64")
+        return mean, (std if std >= _STD_FLOOR else 1.0), var_mean
 
 
 def _place(spec: _TensorSpec, token_size: int, granularity: Granularity, start: int) -> _Tokenized:

@@ -21,13 +21,26 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from models.config import PRESETS, BackboneConfig, DenoiserConfig, RPGConfig, preset_for
+from models.config import (
+    PRESETS,
+    BackboneConfig,
+    BackboneKind,
+    ConditionMode,
+    DenoiserConfig,
+    RPGConfig,
+    preset_for,
+)
 from models.ema import EMA
 from models.fileio import save_safetensors
 from models.generator import Generator
 from models.rpg import RPGModel
 from models.tokenizer import Granularity, ParameterTokenizer
+from models.training_data import DEFAULT_RESIDENT_BYTES, ZooTokens, fit_tokenizer
 from models.zoo.store import Zoo, load_zoo
+
+# Above this many tokens per forward pass (micro-batch x sequence), the backbone runs in
+# activation-checkpointed pieces of about this many tokens (see BackboneStack.forward).
+CHECKPOINT_TOKENS = 4096
 
 STATE_FILE = "training_state.safetensors"
 
@@ -37,7 +50,7 @@ class TrainConfig:
     """Options of one training run (what `rpg train` exposes)."""
 
     preset: str | None = None  # None: chosen from the zoo's parameter count
-    backbone: str = "mamba"
+    backbone: BackboneKind = "mamba"
     steps: int | None = None  # None: the preset's default
     token_size: int | None = None
     seed: int = 0
@@ -48,14 +61,14 @@ class TrainConfig:
     diffusion_batch: int | None = None
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    ema_decay: float | None = 0.995  # None: save the raw weights
+    ema_decay: float | None = None  # None: the preset's; 0: off (save the raw weights)
     warmup_steps: int | None = None
     save_every: int = 500
     stop_at_step: int | None = (
         None  # stop (and save) early, e.g. before a preemption; --resume continues
     )
     permutation_states: str = "run"  # "run" | "checkpoint"
-    condition_mode: str = "all"
+    condition_mode: ConditionMode = "all"
     granularity: Granularity = "tensor"
     num_layers: int = 2
     d_model: int | None = None  # overrides of the preset, for experiments and fast tests
@@ -63,6 +76,10 @@ class TrainConfig:
     channels: tuple[int, ...] | None = None
     name: str | None = None
     progress: bool = True
+    # Memory (none of these change what a step computes, except micro_batch: see below).
+    micro_batch: int | None = None  # checkpoints per forward/backward; None: the whole batch
+    checkpoint_chunk: int | None = None  # tokens per checkpointed piece; None: auto, 0: off
+    resident_bytes: int = DEFAULT_RESIDENT_BYTES  # larger encoded zoos are read per batch
 
 
 @dataclass
@@ -108,8 +125,13 @@ def build_model_config(
             d_model=options.d_model or preset.d_model,
             num_layers=options.num_layers,
             options=backbone_options,
+            residual=preset.residual,
+            # a d_model override drops the preset's wider last layer
+            d_output=None if options.d_model else preset.d_output,
         ),
-        denoiser=DenoiserConfig(channels=options.channels or preset.channels),
+        denoiser=DenoiserConfig(
+            channels=options.channels or preset.channels, cond_projection=preset.cond_projection
+        ),
     )
     return config, preset_name
 
@@ -138,6 +160,19 @@ def zoo_conditions(zoo: Zoo) -> Tensor | None:
             raise ValueError("a conditional zoo needs a condition on every checkpoint")
         rows.append([float(v) for v in value])
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def checkpoint_chunk_for(option: int | None, micro_batch: int, num_tokens: int) -> int | None:
+    """Tokens per checkpointed backbone piece: the option, or automatic (None = no pieces).
+
+    Automatic: pieces only when a forward pass holds more than ``CHECKPOINT_TOKENS`` tokens,
+    of a length (a multiple of 64, the SSD block) that keeps each piece near that many.
+    """
+    if option is not None:
+        return option or None
+    if micro_batch * num_tokens <= CHECKPOINT_TOKENS:
+        return None
+    return max(64, CHECKPOINT_TOKENS // micro_batch // 64 * 64)
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -180,23 +215,24 @@ def _train(
     # Held-out checkpoints (tasks kept for evaluation) never reach the generator: every
     # per-checkpoint list below (state dicts, permutation ids, conditions) comes from this view.
     zoo = load_zoo(zoo_path).training_zoo()
-    state_dicts = zoo.state_dicts()
-    probe = ParameterTokenizer.fit(state_dicts[:1], token_size=1)
+    files = zoo.files()
+    probe = ParameterTokenizer.fit([load_file(files[0], device="cpu")], token_size=1)
     ids, num_states = permutation_ids(zoo, options.permutation_states)
     config, preset_name = build_model_config(zoo, probe.num_parameters, options, num_states)
     preset = PRESETS[preset_name]
-    tokenizer = ParameterTokenizer.fit(
-        state_dicts, token_size=config.token_size, granularity=options.granularity
-    )
-    tokens = torch.stack([tokenizer.encode(sd) for sd in state_dicts]).to(device)  # (N, L, T)
+    tokenizer = fit_tokenizer(files, token_size=config.token_size, granularity=options.granularity)
+    # The encoded zoo stays on the CPU (or on disk); each step moves only its batch.
+    data = ZooTokens(files, tokenizer, resident_bytes=options.resident_bytes)
     perm = torch.tensor(ids, dtype=torch.long, device=device)  # (N,)
     conds = zoo_conditions(zoo)
     conds = None if conds is None else conds.to(device)  # (N, dim)
 
     total_steps = options.steps or preset.steps
     lr = options.lr or preset.lr
-    batch_size = min(options.batch_size or preset.batch_size, len(state_dicts))
+    batch_size = min(options.batch_size or preset.batch_size, len(data))
     diffusion_batch = options.diffusion_batch or preset.diffusion_batch
+    micro = min(options.micro_batch or batch_size, batch_size)
+    chunk = checkpoint_chunk_for(options.checkpoint_chunk, micro, tokenizer.num_tokens)
     warmup = (
         options.warmup_steps
         if options.warmup_steps is not None
@@ -208,7 +244,8 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=options.weight_decay)
     rng = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + rank)
     start_step, losses = 0, list[float]()
-    ema = EMA(model, options.ema_decay) if options.ema_decay else None
+    ema_decay = preset.ema_decay if options.ema_decay is None else options.ema_decay
+    ema = EMA(model, ema_decay) if ema_decay else None
     if options.resume and (out / STATE_FILE).is_file():
         start_step, losses = _load_state(out, model, optimizer, rng, ema)
     ddp_model: nn.Module = model
@@ -222,6 +259,7 @@ def _train(
     meta = _bundle_meta(
         zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
     )
+    meta["training"]["ema_decay"] = ema_decay or None
     # The bundle holds the averaged weights when EMA is on: those are what sampling uses.
     generator = Generator(ema.model if ema else model, tokenizer, meta)
     use_bf16 = device.type == "cuda"
@@ -232,22 +270,28 @@ def _train(
     for step in range(start_step, end_step):
         for group in optimizer.param_groups:
             group["lr"] = lr * cosine_lr(step, total_steps, warmup)
-        idx = torch.randint(0, tokens.shape[0], (batch_size,), device=device, generator=rng)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = ddp_model(
-                tokens[idx],
-                perm[idx],
-                None if conds is None else conds[idx],
-                diffusion_batch=diffusion_batch,
-                generator=rng,
-            )
+        idx = torch.randint(0, len(data), (batch_size,), device=device, generator=rng)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss = 0.0
+        for part in idx.split(micro):
+            # Micro-batches accumulate gradients; each trains on its share of diffusion_batch.
+            share = len(part) / batch_size
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = ddp_model(
+                    data.batch(part.tolist()).to(device),
+                    perm[part],
+                    None if conds is None else conds[part],
+                    diffusion_batch=max(1, round(diffusion_batch * share)),
+                    generator=rng,
+                    checkpoint_chunk=chunk,
+                )
+            (loss if micro == batch_size else loss * share).backward()
+            step_loss += float(loss.detach()) * share
         nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
         optimizer.step()
         if ema is not None:
             ema.update(model, step)
-        losses.append(float(loss.detach()))
+        losses.append(step_loss)
         bar(step + 1, losses[-1])
         if (
             rank == 0
@@ -291,7 +335,7 @@ def _bundle_meta(
         "architecture": zoo.architecture,
         "dataset": zoo.dataset,
         "condition": zoo.condition or {"kind": "none"},
-        "defaults": {"sampler": "dpm-solver++", "steps": 8},  # README, "Samplers"
+        "defaults": {"sampler": PRESETS[preset].sampler, "steps": PRESETS[preset].sampler_steps},
         "zoo": {
             "path": str(zoo_path),
             "num_checkpoints": len(zoo.checkpoints),

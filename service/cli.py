@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "models.evaluation_cli",
         "accuracy and novelty of generated models against their zoo",
     ),
+    "plan": (
+        "models.plan_cli",
+        "size a generator for a zoo before training: parameters, memory, FLOPs",
+    ),
     "bench": ("models.bench", "benchmarks: generated-model quality, training and sampling speed"),
     "worker": (
         "worker.cli",

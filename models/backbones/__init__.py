@@ -14,9 +14,11 @@ pre-norm residual blocks ``x + mixer(norm(x))`` with a final norm; every kind al
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, cast
 
-from models.backbones.blocks import BackboneStack, CommonOptions, ResidualBlock
+from torch import nn
+
+from models.backbones.blocks import BackboneStack, CommonOptions, PlainBlock, ResidualBlock
 from models.backbones.gmlp import GMLPOptions, build_gmlp
 from models.backbones.lstm import LSTMOptions, build_lstm
 from models.backbones.mamba2 import (
@@ -28,6 +30,7 @@ from models.backbones.mamba2 import (
 )
 from models.backbones.ssd import ssd_chunked, ssd_recurrent
 from models.backbones.transformer import TransformerOptions, build_transformer
+from models.config import BackboneKind
 
 __all__ = [
     "BACKBONES",
@@ -37,13 +40,11 @@ __all__ = [
     "Mamba2",
     "RMSNormGated",
     "ResidualBlock",
-    "backbone_options",
     "build_backbone",
     "ssd_chunked",
     "ssd_recurrent",
 ]
 
-BackboneKind = Literal["mamba", "lstm", "transformer", "gmlp"]
 
 _REGISTRY: dict[str, tuple[type[CommonOptions], Callable[[int, int, Any], BackboneStack]]] = {
     "mamba": (MambaOptions, build_mamba),
@@ -59,19 +60,22 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown backbone kind {kind!r}; valid kinds: {', '.join(BACKBONES)}")
 
 
-def backbone_options(kind: str) -> dict[str, Any]:
-    """The options ``kind`` accepts, with their defaults (all JSON-serializable)."""
-    _check_kind(kind)
-    return dict(vars(_REGISTRY[kind][0]()))
-
-
 def build_backbone(
-    kind: BackboneKind | str, *, d_model: int, num_layers: int = 2, **options: Any
+    kind: BackboneKind | str,
+    *,
+    d_model: int,
+    num_layers: int = 2,
+    residual: bool = True,
+    d_output: int | None = None,
+    **options: Any,
 ) -> BackboneStack:
-    """Build a backbone: ``forward(x (b, L, d_model)) -> (b, L, d_model)`` for any L >= 1.
+    """Build a backbone: ``forward(x (b, L, d_model)) -> (b, L, d_output or d_model)``.
 
-    ``options`` are kind-specific (see :func:`backbone_options`); an unknown kind or option
-    raises ``ValueError`` naming the valid ones.
+    ``options`` are kind-specific (the fields of each kind's options dataclass); an unknown
+    kind or option raises ``ValueError`` naming the valid ones. ``residual=False`` stacks the bare mixers
+    with no norms, as the official RPG code does; ``d_output`` (mamba only, without
+    residuals) widens the last layer to that many channels (the official "post_d_model":
+    its input projection reads ``d_model`` channels).
     """
     _check_kind(kind)
     for name, value in (("d_model", d_model), ("num_layers", num_layers)):
@@ -85,4 +89,22 @@ def build_backbone(
             f"unknown option(s) {', '.join(map(repr, unknown))} for backbone {kind!r}; "
             f"valid options: {', '.join(valid)}"
         )
-    return builder(d_model, num_layers, options_cls(**options))
+    stack = builder(d_model, num_layers, options_cls(**options))
+    if residual:
+        if d_output is not None and d_output != d_model:
+            raise ValueError(
+                f"d_output={d_output} needs residual=False: a residual block keeps its width"
+            )
+        return stack
+    layers: list[nn.Module] = [PlainBlock(cast(nn.Module, layer.mixer)) for layer in stack.layers]
+    if d_output is not None and d_output != d_model:
+        if kind != "mamba":
+            raise ValueError(f"d_output is only supported by the mamba backbone, not {kind!r}")
+        mixer_kwargs = {k: v for k, v in options.items() if k not in CommonOptions.names()}
+        last = Mamba2(d_output, **mixer_kwargs)
+        # Reads the previous layer's d_model channels (the official VaryMambaModel's layout).
+        last.in_proj = nn.Linear(d_model, last.in_proj.out_features, bias=False)
+        layers[-1] = PlainBlock(last)
+    plain = BackboneStack(kind, d_model, layers, nn.Identity())
+    plain.d_output = d_output or d_model
+    return plain

@@ -33,6 +33,25 @@ class LSTMMixer(nn.Module):
         out, _ = self.lstm(x)
         return out
 
+    num_states = 2  # see initial_state
+
+    def initial_state(self, u: Tensor) -> tuple[Tensor, ...]:
+        """Zero (h, c), each (1, b, d) in float32."""
+        zeros = u.new_zeros(1, u.shape[0], self.lstm.hidden_size, dtype=torch.float32)
+        return zeros, zeros.clone()
+
+    def forward_chunk(
+        self, u: Tensor, state: tuple[Tensor, ...]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One piece of the sequence from the carried (h, c)."""
+        h, c = state
+        if u.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                out, (h, c) = self.lstm(u.float(), (h, c))
+            return out, (h, c)
+        out, (h, c) = self.lstm(u, (h.to(u.dtype), c.to(u.dtype)))
+        return out, (h, c)
+
 
 @dataclass
 class LSTMOptions(CommonOptions):

@@ -200,16 +200,58 @@ class Mamba2(nn.Module):
         CUDA, ``use_kernel``), else the chunked scan; "chunked" / "recurrent" force a
         pure-PyTorch scan (the recurrent one is the step-by-step reference, for tests).
         """
-        if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(
-                f"Mamba2 expects (batch, length, {self.d_model}); got {tuple(u.shape)}"
-            )
-        b, L, _ = u.shape
-        g, n, h, p = self.ngroups, self.d_state, self.nheads, self.headdim
+        d_in = self.in_proj.in_features  # d_model, unless a wider layer reads a narrower one
+        if u.dim() != 3 or u.shape[-1] != d_in:
+            raise ValueError(f"Mamba2 expects (batch, length, {d_in}); got {tuple(u.shape)}")
+        L = u.shape[1]
         zxbcdt = self.in_proj(u)  # (b, L, d_in_proj)
-        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
+        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         # Conv1d pads d_conv - 1 on both sides; keeping the first L outputs makes it causal.
         xBC = self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2)  # (b, L, conv_dim)
+        out, _ = self._scan(xBC, z, dt, scan, None)
+        return out
+
+    num_states = 2  # see initial_state
+
+    def initial_state(self, u: Tensor) -> tuple[Tensor, ...]:
+        """Zero (conv inputs (b, conv_dim, d_conv - 1), SSM state (b, h, p, n)) in float32."""
+        b = u.shape[0]
+        conv = u.new_zeros(b, self.conv_dim, self.d_conv - 1, dtype=torch.float32)
+        ssm = u.new_zeros(b, self.nheads, self.headdim, self.d_state, dtype=torch.float32)
+        return conv, ssm
+
+    def forward_chunk(
+        self, u: Tensor, state: tuple[Tensor, ...]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Mix one piece ``u`` (b, l, d_model) of a longer sequence from the carried state.
+
+        The state is the last ``d_conv - 1`` inputs of the causal conv and the SSM state.
+        """
+        conv_state, ssm_state = state
+        zxbcdt = self.in_proj(u)  # (b, l, d_in_proj)
+        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC_t = xBC.transpose(1, 2)  # (b, l, conv_dim) -> (b, conv_dim, l)
+        # (b, conv_dim, d_conv - 1 + l): the previous piece's last inputs, then this piece's.
+        full = torch.cat([conv_state.to(xBC_t.dtype), xBC_t], dim=-1)
+        # A copy, not a view: a view would keep all of `full` alive as long as the state lives.
+        new_conv = full[..., full.shape[-1] - (self.d_conv - 1) :].clone()  # (b, conv_dim, k-1)
+        weight, bias = self.conv1d.weight, self.conv1d.bias
+        xBC = F.conv1d(full, weight, bias, groups=self.conv_dim).transpose(1, 2)  # (b, l, conv)
+        out, new_ssm = self._scan(xBC, z, dt, "auto", ssm_state)
+        assert new_ssm is not None  # asked for with an initial state
+        return out, (new_conv, new_ssm.clone())  # a copy, for the same reason
+
+    def _scan(
+        self, xBC: Tensor, z: Tensor, dt: Tensor, scan: ScanMode, initial: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """SiLU, the SSD scan from ``initial`` and the gated output projection.
+
+        (b, L, conv_dim) conv outputs, z (b, L, d_inner), raw dt (b, L, h) -> (b, L, d_model)
+        and the SSM state after the last step (b, h, p, n); the fused kernel returns that
+        state only when asked (``initial`` given).
+        """
+        b, L, _ = xBC.shape
+        g, n, h, p = self.ngroups, self.d_state, self.nheads, self.headdim
         xBC = F.silu(xBC)
         x, B, C = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
         x = x.reshape(b, L, h, p)  # (b, L, d_inner) -> (b, L, h, p)
@@ -219,31 +261,26 @@ class Mamba2(nn.Module):
         compute = torch.promote_types(self.A_log.dtype, torch.float32)
         A = -torch.exp(self.A_log.to(compute))  # (h,)
 
-        kernel = _fused_scan if scan == "auto" and self._use_fused_kernel(u) else None
+        kernel = _fused_scan if scan == "auto" and self._use_fused_kernel(xBC) else None
         if kernel is not None:
             # The kernel adds dt_bias and applies softplus itself, in float32.
-            y = kernel(
-                x,
-                dt,
-                A,
-                B,
-                C,
-                chunk_size=self.chunk_size,
-                D=self.D,
-                z=None,
-                dt_bias=self.dt_bias,
-                dt_softplus=True,
-            )
+            kwargs: dict[str, Any] = {"D": self.D, "z": None, "dt_bias": self.dt_bias}
+            if initial is not None:  # a piece of a longer sequence: carry the state through
+                kwargs.update(initial_states=initial, return_final_states=True)
+            result = kernel(x, dt, A, B, C, chunk_size=self.chunk_size, dt_softplus=True, **kwargs)
+            y, final = result if initial is not None else (result, None)
         elif scan in ("auto", "chunked", "recurrent"):
             dt = F.softplus(dt.to(compute) + self.dt_bias.to(compute))  # (b, L, h)
             if scan == "recurrent":
-                y, _ = ssd_recurrent(x, dt, A, B, C, D=self.D)
+                y, final = ssd_recurrent(x, dt, A, B, C, D=self.D, initial_states=initial)
             else:
-                y, _ = ssd_chunked(x, dt, A, B, C, self.chunk_size, D=self.D)
+                y, final = ssd_chunked(
+                    x, dt, A, B, C, self.chunk_size, D=self.D, initial_states=initial
+                )
         else:
             raise ValueError(f"scan must be 'auto', 'chunked' or 'recurrent'; got {scan!r}")
         y = y.reshape(b, L, self.d_inner)  # (b, L, h, p) -> (b, L, d_inner)
-        return self.out_proj(self.norm(y, z))
+        return self.out_proj(self.norm(y, z)), final
 
 
 @dataclass

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from models.config import CondProjection, NormKind
+
 __all__ = ["ConvUNetDenoiser", "timestep_embedding"]
 
-NormKind = Literal["batch", "group"]
-CondProjection = Literal["per_layer", "shared"]
 
 # The output conv starts at this fraction of PyTorch's default init (see __init__).
 _OUTPUT_INIT_SCALE = 0.1

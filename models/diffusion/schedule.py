@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.config import ScheduleKind
+
 __all__ = ["NoiseSchedule", "ScheduleKind", "extract"]
 
-ScheduleKind = Literal["linear", "cosine"]
+
 _KINDS: tuple[str, ...] = ("linear", "cosine")
 
 # Nichol & Dhariwal (2021), eq. 17: the offset keeps beta_0 from being vanishingly small,

@@ -1,0 +1,232 @@
+"""`rpg plan ZOO`: a generator's size, training and sampling memory and FLOPs before training.
+
+The numbers come from ``models.plan`` (shapes on the ``meta`` device and a memory model
+calibrated on this project's CPU host); on a known device the predicted peaks are compared
+with its memory, with what to change when they do not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["make_plan", "register"]
+
+GIB = 2**30
+
+
+def _device_memory(device: str) -> tuple[str, int | None]:
+    """(description, bytes) of the device's memory; bytes None where it is unknown."""
+    if device == "cpu":
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return "cpu (RAM)", int(pages * size)
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return f"{device} ({props.name})", int(props.total_memory)
+    return f"{device} (not present here)", None
+
+
+def make_plan(
+    zoo_path: Path,
+    *,
+    preset: str | None = None,
+    batch_size: int | None = None,
+    micro_batch: int | None = None,
+    checkpoint_chunk: int | None = None,
+    device: str = "cpu",
+    device_memory: int | None = None,
+) -> dict[str, Any]:
+    """The plan as a JSON-safe dict (``rpg plan --json``)."""
+    from safetensors.torch import load_file
+
+    from models.backbones import build_backbone
+    from models.config import PRESETS
+    from models.plan import Workload, count_parameters, sample_flops, sample_memory, train_memory
+    from models.tokenizer import ParameterTokenizer
+    from models.training import TrainConfig, build_model_config, checkpoint_chunk_for
+    from models.training_data import DEFAULT_RESIDENT_BYTES
+    from models.zoo.store import load_zoo
+
+    zoo = load_zoo(zoo_path).training_zoo()
+    first = load_file(zoo.files()[0], device="cpu")
+    probe = ParameterTokenizer.fit([first], token_size=1)
+    options = TrainConfig(preset=preset, batch_size=batch_size)
+    config, preset_name = build_model_config(zoo, probe.num_parameters, options, 1)
+    chosen = PRESETS[preset_name]
+    tokenizer = ParameterTokenizer.fit([first], token_size=config.token_size)
+    L, T, N = tokenizer.num_tokens, config.token_size, len(zoo)
+    batch = min(batch_size or chosen.batch_size, N)
+    micro = min(micro_batch or batch, batch)
+    steps = 1000 if chosen.sampler == "ddpm" else chosen.sampler_steps
+    work = Workload(
+        num_checkpoints=N,
+        num_tokens=L,
+        config=config,
+        batch_size=batch,
+        micro_batch=micro,
+        diffusion_batch=chosen.diffusion_batch,
+        checkpoint_chunk=checkpoint_chunk_for(checkpoint_chunk, micro, L),
+        ema=chosen.ema_decay is not None,
+        resident=N * L * T * 4 <= DEFAULT_RESIDENT_BYTES,
+        sample_steps=steps,
+        device_type="cuda" if device.startswith("cuda") else "cpu",
+    )
+    import torch
+
+    parameters = count_parameters(config, L)
+    with torch.device("meta"):
+        backbone = build_backbone(
+            config.backbone.kind,
+            d_model=config.backbone.d_model,
+            num_layers=config.backbone.num_layers,
+            residual=config.backbone.residual,
+            d_output=config.backbone.d_output,
+            **config.backbone.options,
+        )
+    backbone_parameters = sum(p.numel() for p in backbone.parameters())
+    train = train_memory(work, parameters)
+    sample = sample_memory(work, parameters)
+    plan: dict[str, Any] = {
+        "zoo": {
+            "path": str(zoo_path),
+            "num_checkpoints": N,
+            "num_parameters": probe.num_parameters,
+        },
+        "preset": preset_name,
+        "generator_parameters": parameters,
+        "tokens": {"num_tokens": L, "token_size": T},
+        "train": {
+            **train,
+            "batch_size": batch,
+            "micro_batch": micro,
+            "checkpoint_chunk": work.checkpoint_chunk,
+            "zoo_resident": work.resident,
+        },
+        "sample": {
+            **sample,
+            "sampler": chosen.sampler,
+            "steps": steps,
+            "flops_per_model": sample_flops(work, backbone_parameters),
+        },
+    }
+    name, memory = _device_memory(device)
+    memory = device_memory or memory
+    plan["device"] = {"name": name, "memory_bytes": memory}
+    if memory is not None:
+        plan["device"]["train_fits"] = train["peak_bytes"] <= memory
+        plan["device"]["sample_fits"] = sample["peak_bytes"] <= memory
+        plan["advice"] = _advice(plan, memory)
+    return plan
+
+
+def _advice(plan: dict[str, Any], memory: int) -> list[str]:
+    """What to change when the predicted peaks exceed the device's memory."""
+    advice: list[str] = []
+    train = plan["train"]
+    if train["peak_bytes"] > memory:
+        if train["micro_batch"] > 1:
+            advice.append(
+                f"try --micro-batch {max(1, train['micro_batch'] // 2)}: accumulate gradients over "
+                "smaller passes (same batch, less activation memory)"
+            )
+        chunk = train["checkpoint_chunk"]
+        advice.append(
+            f"try --checkpoint-chunk {max(64, (chunk or 4096) // 2)}: shorter backbone pieces"
+        )
+        if train["ema_bytes"]:
+            advice.append("try --ema-decay 0: no averaged copy of the weights")
+        advice.append("try a smaller --preset or --token-size: fewer generator parameters")
+    if plan["sample"]["peak_bytes"] > memory:
+        advice.append("sampling does not fit: use a smaller preset or a device with more memory")
+    return advice
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _print(plan: dict[str, Any]) -> None:
+    train, sample, device = plan["train"], plan["sample"], plan["device"]
+    lines = [
+        f"zoo:        {plan['zoo']['path']} ({plan['zoo']['num_checkpoints']} checkpoints, "
+        f"{plan['zoo']['num_parameters']:,} parameters each)",
+        f"preset:     {plan['preset']}  ({plan['tokens']['num_tokens']:,} tokens of "
+        f"{plan['tokens']['token_size']})",
+        f"generator:  {plan['generator_parameters']:,} parameters",
+        f"training:   peak {_gib(train['peak_bytes'])} at batch {train['batch_size']} "
+        f"(micro-batch {train['micro_batch']}, pieces of {train['checkpoint_chunk']} tokens)",
+    ]
+    for key in (
+        "weights_bytes",
+        "gradients_bytes",
+        "optimizer_bytes",
+        "ema_bytes",
+        "zoo_bytes",
+        "batch_bytes",
+        "activation_bytes",
+    ):
+        lines.append(f"  {key.removesuffix('_bytes'):<12}{_gib(train[key])}")
+    lines.append(
+        f"sampling:   peak {_gib(sample['peak_bytes'])} per model, "
+        f"{sample['flops_per_model'] / 1e12:.3f} TFLOP per model "
+        f"({sample['sampler']}, {sample['steps']} steps)"
+    )
+    memory = device["memory_bytes"]
+    if memory is None:
+        lines.append(f"device:     {device['name']}: memory unknown (pass --device-memory GIB)")
+    else:
+        verdict = "fits" if device["train_fits"] and device["sample_fits"] else "does NOT fit"
+        lines.append(f"device:     {device['name']}, {_gib(memory)}: {verdict}")
+        lines.extend(f"  - {a}" for a in plan.get("advice", []))
+    print("\n".join(lines))
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from models.zoo.store import ZooError
+
+    try:
+        plan = make_plan(
+            args.zoo,
+            preset=args.preset,
+            batch_size=args.batch_size,
+            micro_batch=args.micro_batch,
+            checkpoint_chunk=args.checkpoint_chunk,
+            device=args.device,
+            device_memory=None if args.device_memory is None else int(args.device_memory * GIB),
+        )
+    except (ZooError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        _print(plan)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``plan`` to the ``rpg`` subcommands."""
+    from models.config import PRESETS
+
+    p = subparsers.add_parser(
+        "plan",
+        help="size a generator for a zoo before training: parameters, memory, FLOPs",
+        description="Print the generator's parameter count, the training step's peak memory "
+        "(weights, gradients, optimizer, EMA, zoo, batch, activations), sampling memory and "
+        "FLOPs per generated model, and whether they fit the device.",
+    )
+    p.add_argument("zoo", type=Path, help="zoo directory")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default: by parameter count")
+    p.add_argument("--batch-size", type=int, help="checkpoints per step (default: the preset's)")
+    p.add_argument("--micro-batch", type=int, help="checkpoints per forward/backward pass")
+    p.add_argument("--checkpoint-chunk", type=int, help="tokens per backbone piece (0: off)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--device-memory", type=float, metavar="GIB", help="override its memory")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
