@@ -51,7 +51,6 @@ QUICK_TRAIN_CONFIG = TrainConfig(
 )
 ZOO_KIND: Final = "digits-mlp"
 ZOO_CHECKPOINTS = 50
-SAMPLER, SAMPLE_STEPS = "ddim", 50
 DEFAULT_DATA_DIR = Path("data/demo")
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
@@ -361,18 +360,13 @@ def run_demo(args: argparse.Namespace) -> list[float]:
             raise DemoError(
                 f"generator {arch['name']!r} is conditional; the demo needs an unconditional one"
             )
+        defaults = arch.get("defaults") or {}  # the bundle's, from the preset table
         with stages(
             "generate",
-            f"generate {args.num_samples} x {arch['name']} ({SAMPLER}, {SAMPLE_STEPS} steps, "
-            f"seed {args.seed})",
+            f"generate {args.num_samples} x {arch['name']} ({defaults.get('sampler')}, "
+            f"{defaults.get('steps')} steps, seed {args.seed})",
         ):
-            job = client.submit(
-                arch["name"],
-                num_samples=args.num_samples,
-                seed=args.seed,
-                sampler=SAMPLER,
-                steps=SAMPLE_STEPS,
-            )
+            job = client.submit(arch["name"], num_samples=args.num_samples, seed=args.seed)
             print(f"    job {job['id']}", flush=True)
             job = client.wait(job, progress=True, timeout=args.timeout, poll_interval=0.2)
         with stages("download", "download the weights (sha256-checked)"):
