@@ -558,8 +558,11 @@ class _Progress:
             f"queued (#{position + 1})" if status == "queued" and position is not None else status
         )
         if self.bar is not None:
-            self.bar.update(max(0, percent - self.bar.n))
-            self.bar.set_postfix_str(label)
+            self.bar.set_postfix_str(label, refresh=False)  # one redraw per change, not two
+            if percent > self.bar.n:
+                self.bar.update(percent - self.bar.n)
+            elif (status, percent, position) != self.last:
+                self.bar.refresh()
         elif (status, percent, position) != self.last:
             print(f"job {self.job_id}: {label} {percent}%", file=sys.stderr, flush=True)
         self.last = (status, percent, position)
