@@ -37,10 +37,15 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A redis-server process on a free port; can be killed and restarted on the same port."""
+    """A redis-server process on a free port; can be killed and restarted on the same port.
 
-    def __init__(self, directory: Path) -> None:
+    With ``appendonly``, every write is in the AOF (fsync always) before it is acknowledged,
+    so a restart, even after SIGKILL, keeps every job, as in production (docker-compose).
+    """
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
         self.directory = directory
+        self.appendonly = appendonly
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +64,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],

@@ -10,7 +10,11 @@
 - a heartbeat thread writes `rpg:worker:<name>` every `settings.heartbeat_interval_s` with a
   TTL of 3 intervals, and on each beat re-queues or fails the jobs of workers whose key has
   expired (`worker.queue.reaper`). So a job whose worker was killed ends within
-  about 3-4 intervals, even without any poll.
+  about 3-4 intervals, even without any poll;
+- Redis outages of any length are waited out (`worker.reconnect.patient`: every Redis call
+  retries with backoff and logs that it waits), and a work loop that ends for any other
+  unexpected reason is restarted (`Supervisor`) under a new incarnation name, after handing
+  its orphaned job to the dead-worker path. Only a stop request (SIGINT/SIGTERM) ends it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis as redis_lib
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -49,13 +54,18 @@ from worker.queue.keys import (
     utc_now,
     worker_key,
 )
-from worker.queue.reaper import ReaperLoop
+from worker.queue.reaper import ReaperLoop, reap_dead_jobs
+from worker.reconnect import impatient, patient
 from worker.registry import GeneratorCache, discover_generators
 from worker.settings import Settings
 
-__all__ = ["GenerationWorker", "Heartbeat", "build_worker", "run_worker"]
+__all__ = ["GenerationWorker", "Heartbeat", "Supervisor", "build_worker", "run_worker"]
 
 log = logging.getLogger("rpg.worker")
+
+RESTART_FIRST_S = 1.0  # wait before restarting a work loop that ended unexpectedly
+RESTART_MAX_S = 30.0  # doubling up to this while it keeps ending
+HEALTHY_RUN_S = 60.0  # a loop that ran this long resets the wait
 
 
 class GenerationWorker(SimpleWorker):
@@ -138,6 +148,13 @@ class Heartbeat:
             except redis_lib.RedisError as exc:  # keep beating once Redis is back
                 log.warning("heartbeat failed: %s", exc)
 
+    def rename(self, name: str) -> None:
+        """Beat under `name` from now on and drop the old name's key (that worker is gone)."""
+        old, self.name = self.name, name
+        self.beat()
+        self.connection.delete(worker_key(old))
+        self.connection.srem(WORKERS_KEY, old)
+
     def start(self) -> None:
         """Beat once now, then every interval on a daemon thread."""
         self.beat()
@@ -149,11 +166,14 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        client = impatient(self.connection)  # Redis may be down: do not wait it out here
         try:
-            self.connection.delete(worker_key(self.name))
-            self.connection.srem(WORKERS_KEY, self.name)
+            client.delete(worker_key(self.name))
+            client.srem(WORKERS_KEY, self.name)
         except redis_lib.RedisError:
             pass
+        finally:
+            client.close()
 
 
 def _remove_stale_scratch(settings: Settings) -> None:
@@ -191,7 +211,7 @@ def build_worker(
         log.info("generator %s ready (%.2f s)", generator, seconds)
     from worker.storage import make_storage
 
-    connection = connection if connection is not None else connect(settings)
+    connection = connection if connection is not None else patient(connect(settings))
     name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
     queues = [rq_queue(connection, queue_name(generator)) for generator in cache.names]
     connection.sadd(QUEUES_KEY, *[queue.name for queue in queues])
@@ -206,6 +226,72 @@ def build_worker(
     return worker, context
 
 
+class Supervisor:
+    """Keeps a worker's RQ work loop running until a stop request (SIGINT/SIGTERM).
+
+    RQ's loop quits on any unexpected error (it logs "found an unhandled exception,
+    quitting"). Then the supervisor waits (1 s, doubling up to 30 s), starts a fresh RQ
+    worker under a new incarnation name (`<name>.1`, `<name>.2`, ...: RQ refuses a name
+    whose record it did not see die) and drops the old name's heartbeat, so a job the old
+    loop left "running" is re-queued or failed by the usual dead-worker path at once.
+    """
+
+    def __init__(self, worker: GenerationWorker, *, settings: Settings, burst: bool) -> None:
+        self.worker = worker
+        self.settings = settings
+        self.burst = burst
+        self.base_name = worker.name
+        self.restarts = 0
+        self.heartbeat: Heartbeat | None = None
+
+    def _replace(self) -> None:
+        old = self.worker
+        self.restarts += 1
+        self.worker = GenerationWorker(
+            old.queues,
+            connection=old.connection,
+            serializer=JSONSerializer,
+            name=f"{self.base_name}.{self.restarts}",
+        )
+        self.worker.listen_for_commands = old.listen_for_commands
+        if self.heartbeat is not None:
+            self.heartbeat.rename(self.worker.name)
+        reaped = reap_dead_jobs(old.connection, settings=self.settings)
+        if reaped:
+            log.warning("jobs left by the stopped work loop re-queued or failed: %s", reaped)
+
+    def run(self) -> bool:
+        """Work until stopped (or, with `burst`, until the queues are empty); returns
+        whether any job ran."""
+        worked = False
+        delay = RESTART_FIRST_S
+        while True:
+            began = time.monotonic()
+            error: Exception | None = None
+            try:
+                level = "WARNING" if self.burst else "INFO"
+                worked = self.worker.work(burst=self.burst, logging_level=level) or worked
+            except Exception as exc:  # SystemExit / KeyboardInterrupt (cold stop) end it
+                error = exc
+            if self.worker._stop_requested or (self.burst and error is None):
+                return worked
+            if time.monotonic() - began > HEALTHY_RUN_S:
+                delay = RESTART_FIRST_S
+            log.error(
+                "the work loop of worker %s ended unexpectedly (%s); restarting in %.0f s",
+                self.worker.name,
+                f"{type(error).__name__}: {error}" if error else "see the error above",
+                delay,
+                exc_info=error,
+            )
+            try:
+                time.sleep(delay)
+                self._replace()
+            except StopRequested:  # RQ's signal handler, when Ctrl-C comes between loops
+                return worked
+            delay = min(RESTART_MAX_S, delay * 2)
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -215,33 +301,37 @@ def run_worker(
     name: str | None = None,
 ) -> bool:
     """Serve jobs until stopped (SIGINT/SIGTERM: finish the current job, then exit), or
-    until the queues are empty with `burst`. Returns whether any job ran."""
+    until the queues are empty with `burst`. Returns whether any job ran. Redis outages
+    and unexpected errors do not end it (see `Supervisor`)."""
     if settings.worker_cpu_threads:
         import torch
 
         torch.set_num_threads(settings.worker_cpu_threads)
     worker, context = build_worker(settings, connection=connection, cache=cache, name=name)
     worker.listen_for_commands = not burst
+    supervisor = Supervisor(worker, settings=settings, burst=burst)
     device = context.cache.device
 
     def describe() -> dict[str, Any]:
+        current = supervisor.worker.current_job_id
         return {
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "generators": context.cache.names,
             "device": device,
-            "state": "busy" if worker.current_job_id else "idle",
-            "current_job": worker.current_job_id,
+            "state": "busy" if current else "idle",
+            "current_job": current,
         }
 
     heartbeat = Heartbeat(worker.connection, settings, worker.name, describe)
+    supervisor.heartbeat = heartbeat
     # RQ installs its own SIGINT/SIGTERM handlers; put ours back afterwards (matters when
     # the worker runs inside another program, e.g. tests).
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     install_context(context)
     heartbeat.start()
     try:
-        return worker.work(burst=burst, logging_level="WARNING" if burst else "INFO")
+        return supervisor.run()
     finally:
         heartbeat.stop()
         install_context(None)
