@@ -247,7 +247,7 @@ class Supervisor:
     def _replace(self) -> None:
         old = self.worker
         self.restarts += 1
-        self.worker = GenerationWorker(
+        self.worker = type(old)(
             old.queues,
             connection=old.connection,
             serializer=JSONSerializer,
