@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.limits import install_body_timeout
 from service.metrics import MetricsMiddleware
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
@@ -60,6 +61,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.gateway = gateway
     install_problem_handlers(app)  # adds the 500 catch-all middleware: inside the metrics
+    install_body_timeout(app, settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
     for module in (generate, job_list, jobs, events, architectures, files, health, page):
         app.include_router(module.router)

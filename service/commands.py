@@ -53,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.server import server_config
     from service.settings import GatewaySettings
 
     overrides = {
@@ -76,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"redis: {settings.redis_url or 'embedded under ' + str(settings.data_dir)}",
         flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    uvicorn.Server(server_config(app, settings, log_level=args.log_level)).run()
     return 0
 
 

@@ -12,9 +12,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 
-from service.problems import ProblemError, field_errors_from_pydantic, summarize
+from service.body import parse_off_loop
+from service.problems import ProblemError
 from service.schemas import GenerateRequest
 from service.state import Gateway
 
@@ -91,8 +91,6 @@ async def rate_limit(request: Request, gateway: GatewayDep, owner: OwnerDep) -> 
 
 RateLimitDep = Annotated[None, Depends(rate_limit)]
 
-_ALLOWED_FIELDS = tuple(GenerateRequest.model_fields)
-
 
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
@@ -112,7 +110,8 @@ def _too_large(limit: int) -> ProblemError:
 
 
 async def read_generate_body(request: Request, gateway: GatewayDep) -> GenerateRequest:
-    """Read at most ``max_body_bytes`` (declared AND actually streamed) and parse it strictly."""
+    """Read at most ``max_body_bytes`` (declared AND actually streamed) and parse it strictly
+    (`service.body`: off the event loop when large)."""
     limit = gateway.settings.max_body_bytes
     content_type = request.headers.get("content-type", "")
     if not _is_json(content_type):
@@ -138,28 +137,7 @@ async def read_generate_body(request: Request, gateway: GatewayDep) -> GenerateR
         if size > limit:  # a chunked body, or one longer than it declared
             raise _too_large(limit)
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return GenerateRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        if any(e.get("type") == "json_invalid" for e in errors):
-            reason = errors[0].get("msg", "invalid JSON")
-            raise ProblemError(
-                400,
-                "malformed-json",
-                "Malformed JSON",
-                f"the request body is not valid JSON ({reason}); send a JSON object such as "
-                '{"architecture": "digits-mlp"}',
-            ) from None
-        fields = field_errors_from_pydantic(errors, allowed_fields=_ALLOWED_FIELDS)
-        raise ProblemError(
-            422,
-            "invalid-request",
-            "Invalid request body",
-            f"fix the request body and retry: {summarize(fields)}",
-            errors=fields,
-        ) from None
+    return await parse_off_loop(b"".join(chunks))
 
 
 GenerateBodyDep = Annotated[GenerateRequest, Depends(read_generate_body)]

@@ -10,6 +10,10 @@ Routes raise `ProblemError`; `install_problem_handlers` turns it, FastAPI's vali
 errors, Starlette's HTTP errors (404 for unknown paths, 405, ...), Redis outages and any
 unexpected exception into such a body. Unexpected exceptions are logged with their traceback
 and answered with a generic 500: the client never sees a stack trace.
+
+No problem document grows with the request: ``errors`` keeps the first `MAX_ERRORS` entries
+and ``more_errors`` counts the rest. A client that disconnects before its request is read
+is not a server error: it is logged at debug level and counted as status 499.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -38,6 +43,8 @@ __all__ = [
 ]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+MAX_ERRORS = 20  # per-field errors listed in one problem; the rest are only counted
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
 _TYPE_PREFIX = "urn:rpg:problem:"
 logger = logging.getLogger("rpg.gateway")
 
@@ -50,6 +57,8 @@ class ProblemError(Exception):
     ``slug`` names the problem type (``urn:rpg:problem:<slug>``); ``detail`` says what is
     wrong and how to fix it; ``errors`` lists per-field problems; ``headers`` are added to
     the response (``Retry-After``, ``WWW-Authenticate``); ``extra`` adds members to the body.
+    ``errors`` beyond `MAX_ERRORS` are dropped and counted in ``more_errors``;
+    ``error_count`` is the number found in all when ``errors`` lists only the first.
     """
 
     def __init__(
@@ -60,6 +69,7 @@ class ProblemError(Exception):
         detail: str,
         *,
         errors: Sequence[FieldError] | None = None,
+        error_count: int | None = None,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
@@ -68,7 +78,9 @@ class ProblemError(Exception):
         self.slug = slug
         self.title = title
         self.detail = detail
-        self.errors = list(errors) if errors else None
+        self.errors = list(errors[:MAX_ERRORS]) if errors else None
+        total = error_count if error_count is not None else len(errors or ())
+        self.more_errors = max(0, total - len(self.errors or ()))
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
@@ -82,6 +94,8 @@ class ProblemError(Exception):
         }
         if self.errors is not None:
             doc["errors"] = self.errors
+        if self.more_errors:
+            doc["more_errors"] = self.more_errors
         doc.update(self.extra)
         return doc
 
@@ -114,13 +128,15 @@ def field_errors_from_pydantic(
     *,
     allowed_fields: Sequence[str] = (),
     strip_prefix: Sequence[str] = (),
+    limit: int | None = None,
 ) -> list[FieldError]:
     """Pydantic's error list as ``[{"field", "pointer", "message"}]``, messages made actionable.
 
-    ``strip_prefix`` drops leading location parts FastAPI adds (``"body"``, ``"query"``).
+    ``strip_prefix`` drops leading location parts FastAPI adds (``"body"``, ``"query"``);
+    ``limit`` converts only the first errors (the caller counts the rest).
     """
     out: list[FieldError] = []
-    for error in errors:
+    for error in errors[:limit]:
         loc = list(error.get("loc", ()))
         while loc and loc[0] in strip_prefix:
             loc.pop(0)
@@ -145,10 +161,11 @@ def field_errors_from_pydantic(
     return out
 
 
-def summarize(errors: Sequence[FieldError], limit: int = 5) -> str:
-    """One sentence listing the first few field errors."""
+def summarize(errors: Sequence[FieldError], limit: int = 5, *, total: int | None = None) -> str:
+    """One sentence listing the first few field errors (of `total`, default all given)."""
+    total = len(errors) if total is None else total
     shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:limit])
-    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    more = f" (and {total - limit} more)" if total > limit else ""
     return f"{shown}{more}"
 
 
@@ -211,16 +228,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        found = exc.errors()
         errors = field_errors_from_pydantic(
-            exc.errors(), strip_prefix=("body", "query", "path", "header")
+            found, strip_prefix=("body", "query", "path", "header"), limit=MAX_ERRORS
         )
         return problem_response(
             ProblemError(
                 422,
                 "invalid-parameters",
                 "Invalid request parameters",
-                f"fix these parameters and retry: {summarize(errors)}",
+                f"fix these parameters and retry: {summarize(errors, total=len(found))}",
                 errors=errors,
+                error_count=len(found),
             )
         )
 
@@ -254,6 +273,17 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
         )
 
+    async def on_disconnect(request: Request, _: Exception) -> Response:
+        # Nothing to answer (the client is gone); the status is for metrics and logs only.
+        logger.debug(
+            "client %s disconnected before its %s %s was read",
+            request.client.host if request.client else "unknown",
+            request.method,
+            request.url.path,
+        )
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -250,6 +250,11 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str = Field(description="what is wrong and how to fix it")
-    errors: list[FieldErrorPublic] | None = None
+    errors: list[FieldErrorPublic] | None = Field(
+        default=None, description="per-field problems (at most 20; see more_errors)"
+    )
+    more_errors: int | None = Field(
+        default=None, description="how many more field problems were found than listed"
+    )
 
     model_config = ConfigDict(extra="allow")

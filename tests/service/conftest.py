@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.server import server_config
 from service.settings import GatewaySettings as Settings
 from tests.conftest import free_port
 
@@ -42,7 +43,8 @@ class ServerThread:
     """uvicorn serving ``app`` from a daemon thread until `stop`."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        settings = app.state.gateway.settings
+        config = server_config(app, settings, host=host, port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
