@@ -30,7 +30,8 @@ __all__ = [
     "fingerprint",
 ]
 
-_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
+KEY_PATTERN = r"[\x21-\x7e]{1,255}"  # printable ASCII, no spaces (stated in the OpenAPI doc)
+_KEY = re.compile(KEY_PATTERN)
 
 
 class IdempotencyError(Exception):

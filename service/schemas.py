@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (separate models for what comes in and goes out).
 
-`GenerateRequest` is strict: unknown fields, wrong JSON types (``"3"`` for an integer,
-``true`` for a number) and non-finite numbers (JSON ``NaN`` / ``Infinity`` literals, or
+`GenerateRequest` is strict: unknown fields, wrong JSON types (``"3"`` or ``3.0`` for an
+integer, ``true`` for a number) and non-finite numbers (JSON ``NaN`` / ``Infinity`` literals, or
 ``1e400``) are rejected. Limits that depend on the deployment or the generator
 (``num_samples``, ``steps``, the embedding's dimension) are checked afterwards by
 `service.validation`.

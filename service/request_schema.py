@@ -1,0 +1,153 @@
+"""The ``POST /generate`` body schema as this deployment really accepts it (OpenAPI).
+
+`GenerateRequest`'s own schema cannot know the served generators or the deployment's
+limits, so a request valid by it could still get a 422. `generate_body_schema` writes one
+variant per (generator, sampler family), each stating exactly what that generator takes:
+its name, whether a task (embedding or positive classes) is required and its size, the
+steps and samples allowed, and that ``eta`` is 0 with DDPM. A body valid by the document is
+accepted; one invalid by it is refused (what schemathesis checks).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from service.catalog import Catalog, GeneratorInfo
+from worker.settings import Settings
+
+__all__ = ["generate_body_schema"]
+
+_NULL = {"type": "null"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, _NULL]}
+
+
+def _task_spec(info: GeneratorInfo) -> dict[str, Any]:
+    labels = info.labels
+    # An entry names a class by its label, or by the label's digits as a JSON integer.
+    names: list[Any] = [*labels, *[int(label) for label in labels if label.isdecimal()]]
+    every_class = [
+        {"contains": {"enum": [label, *([int(label)] if label.isdecimal() else [])]}}
+        for label in labels
+    ]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["positive_classes"],
+        "properties": {
+            "positive_classes": {
+                "type": "array",
+                "items": {"enum": names},
+                "minItems": 1,
+                "maxItems": 4096,
+                "not": {"allOf": every_class},  # a binary task needs a negative class
+                "description": f"labels (or indices) of the positive classes, from {labels}; "
+                "not all of them",
+            }
+        },
+    }
+
+
+def _condition_variants(info: GeneratorInfo) -> list[dict[str, Any]]:
+    """(properties, required) fragments for the task fields of `info`."""
+    if not info.is_conditional:
+        return [{"properties": {"task_embedding": _NULL, "task": _NULL}, "required": []}]
+    dim = info.condition_dim
+    embedding: dict[str, Any] = {"type": "array", "items": {"type": "number"}}
+    if dim is not None:
+        embedding.update(minItems=dim, maxItems=dim)
+    else:
+        embedding["maxItems"] = 65536
+    variants = [
+        {
+            "properties": {"task_embedding": embedding, "task": _NULL},
+            "required": ["task_embedding"],
+        }
+    ]
+    if info.labels:
+        variants.append(
+            {
+                "properties": {"task_embedding": _NULL, "task": _task_spec(info)},
+                "required": ["task"],
+            }
+        )
+    return variants
+
+
+def _sampler_variants(info: GeneratorInfo, settings: Settings) -> list[dict[str, Any]]:
+    """(properties, required) fragments for sampler, steps and eta."""
+    steps_limit = min(settings.max_steps, info.num_timesteps or settings.max_steps)
+    ddim_default = info.default_sampler == "ddim"
+    ddim: dict[str, Any] = {
+        "properties": {
+            "sampler": _nullable({"const": "ddim"}) if ddim_default else {"const": "ddim"},
+            "steps": _nullable({"type": "integer", "minimum": 1, "maximum": steps_limit}),
+            "eta": {"type": "number", "minimum": 0.0, "maximum": 1.0},
+        },
+        "required": [] if ddim_default else ["sampler"],
+    }
+    variants = [ddim]
+    full_schedule = info.num_timesteps or settings.max_steps
+    if full_schedule <= settings.max_steps:  # DDPM runs every timestep: allowed only then
+        variants.append(
+            {
+                "properties": {
+                    "sampler": {"const": "ddpm"} if ddim_default else _nullable({"const": "ddpm"}),
+                    "steps": _nullable({"type": "integer", "minimum": 1}),  # ignored by DDPM
+                    "eta": {"const": 0},
+                },
+                "required": ["sampler"] if ddim_default else [],
+            }
+        )
+    return variants
+
+
+def generate_body_schema(
+    base: dict[str, Any], catalog: Catalog, settings: Settings
+) -> dict[str, Any]:
+    """`base` (GenerateRequest's JSON schema) narrowed to what this deployment accepts: the
+    served names, its limits, and an ``anyOf`` of one variant per generator and sampler
+    family; `base` itself when no generator is served."""
+    names = catalog.names()
+    if not names:
+        return base
+    variants = []
+    for name in names:
+        info = catalog.get(name)
+        assert info is not None
+        for condition in _condition_variants(info):
+            for sampler in _sampler_variants(info, settings):
+                variant = copy.deepcopy(base)
+                variant.pop("examples", None)
+                variant.pop("description", None)
+                variant.pop("title", None)
+                properties = variant["properties"]
+                properties["architecture"] = {"const": name, "description": f"generator {name!r}"}
+                properties["num_samples"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": settings.max_num_samples,
+                    "default": 1,
+                }
+                properties.update(condition["properties"])
+                properties.update(sampler["properties"])
+                variant["required"] = ["architecture", *condition["required"], *sampler["required"]]
+                variants.append(variant)
+    first = catalog.get(names[0])
+    assert first is not None
+    example: dict[str, Any] = {"architecture": first.name, "num_samples": 1, "seed": 7}
+    if first.is_conditional and first.condition_dim:
+        example["task_embedding"] = [1.0] + [0.0] * (first.condition_dim - 1)
+    # The common shape stays at the top (fields, types, no others); the variants narrow it.
+    schema = copy.deepcopy(base)
+    schema["properties"]["architecture"] = {
+        "enum": names,
+        "description": "generator name as listed by GET /architectures",
+    }
+    schema["properties"]["num_samples"]["maximum"] = settings.max_num_samples
+    schema["examples"] = [example]
+    schema["anyOf"] = variants
+    return schema
