@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from worker.settings import Settings
+from service.settings import GatewaySettings
 
 __all__ = ["GuardedH11Protocol", "guarded_protocol", "server_config"]
 
@@ -97,7 +97,7 @@ def guarded_protocol(header_timeout_s: float) -> type[GuardedH11Protocol]:
 
 def server_config(
     app: FastAPI,
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     host: str | None = None,
     port: int | None = None,

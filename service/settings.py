@@ -35,6 +35,30 @@ class GatewaySettings(Settings):
         description="how long an Idempotency-Key of POST /generate keeps naming its job",
     )
 
+    # --- limits on slow and abusive clients (read by service/server.py, service/limits.py)
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must send a request's whole head within this many seconds "
+        "of opening (or of its first byte on a kept-alive connection), else it is closed",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request body must arrive in full within this many seconds, else 408",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="an idle kept-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open connections beyond this get 503 for their requests",
+    )
+    max_header_bytes: int = Field(
+        default=16384, ge=1024, description="a request head larger than this gets 400"
+    )
+
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
-from worker.queue import GenerationRequest, JobStatus, enqueue, get_job, live_workers
+from worker.queue import JobRequest, JobStatus, enqueue, get_job, live_workers
 from worker.settings import Settings
 
 from .conftest import SECRET
@@ -84,7 +84,7 @@ def test_worker_outlives_redis_outage_mid_job(
     connection = redis.Redis.from_url(aof_redis.url)
     try:
         wait_for(lambda: len(live_workers(connection, settings=settings)) == 1, 90, "the worker")
-        job_id = enqueue(connection, GenerationRequest(**SLOW), settings=settings)  # type: ignore[arg-type]
+        job_id = enqueue(connection, JobRequest(**SLOW), settings=settings)  # type: ignore[arg-type]
 
         def progress() -> float:
             view = get_job(connection, job_id, settings=settings)
@@ -112,7 +112,7 @@ def test_worker_outlives_redis_outage_mid_job(
 
         # Still serving: a second job runs on the same process.
         again = enqueue(
-            connection, GenerationRequest(architecture="digits-mlp", steps=5), settings=settings
+            connection, JobRequest(architecture="digits-mlp", steps=5), settings=settings
         )
 
         def again_done() -> bool:

@@ -13,7 +13,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from worker.jobs import install_context
-from worker.queue import GenerationRequest, JobStatus, enqueue, get_job
+from worker.queue import JobRequest, JobStatus, enqueue, get_job
 from worker.registry import GeneratorCache
 from worker.runtime import GenerationWorker, Heartbeat, Supervisor, build_worker
 from worker.settings import Settings
@@ -51,9 +51,7 @@ def test_work_loop_restarts_and_orphaned_job_is_retried(
     supervisor = Supervisor(worker, settings=settings, burst=False)
     heartbeat = Heartbeat(connection, settings, worker.name, lambda: {"hostname": "h", "pid": 1})
     supervisor.heartbeat = heartbeat
-    job_id = enqueue(
-        connection, GenerationRequest(architecture="digits-mlp", steps=5), settings=settings
-    )
+    job_id = enqueue(connection, JobRequest(architecture="digits-mlp", steps=5), settings=settings)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     install_context(context)
     heartbeat.start()
