@@ -1,9 +1,12 @@
 """Parsing the ``POST /generate`` body: strict JSON, duplicate keys refused, errors capped.
 
-`parse_generate_body` is pure CPU work whose cost grows with the body (a 64 KB body of
-21,000 bad list items costs ~100 ms), so `parse_off_loop` runs bodies above
-`INLINE_PARSE_BYTES` on a worker thread: one client's large body never stalls the event
-loop that serves everyone else.
+No body within the size limit may cost much: a list stops at its first bad item (the
+schema's ``fail_fast``), a body of many unknown fields is refused by a scan before the
+schema's parser, and a problem lists at most `MAX_ERRORS` errors plus a count. (Measured on
+this machine: 21,000 bad ``task_embedding`` items took ~370 ms to answer before, ~2 ms now;
+6,000 unknown fields ~22 ms before the scan.) `parse_off_loop` also runs bodies above
+`INLINE_PARSE_BYTES` on a worker thread, so the event loop keeps accepting connections
+and reading other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -38,11 +41,18 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def _check_duplicate_keys(raw: bytes) -> None:
-    """400 if any JSON object in `raw` has a key twice (JSON parsers disagree on which wins,
-    so the request is ambiguous). Malformed JSON is left to the schema's parser."""
+def _prescan(raw: bytes) -> None:
+    """Cheap checks before the schema's parser (one `json.loads`, ~1 ms for 64 KB):
+
+    - 400 if any JSON object in `raw` has a key twice (parsers disagree on which one wins,
+      so the request is ambiguous);
+    - 422 at once if the body has more unknown fields than a problem lists: building one
+      schema error per field costs far more than this scan (and holds the GIL).
+
+    Malformed JSON is left to the schema's parser, which says where it breaks.
+    """
     try:
-        json.loads(raw, object_pairs_hook=_refuse_duplicates)
+        data = json.loads(raw, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
         raise ProblemError(
             400,
@@ -53,13 +63,37 @@ def _check_duplicate_keys(raw: bytes) -> None:
         ) from None
     except (ValueError, RecursionError):
         return
+    if not isinstance(data, dict):
+        return
+    unknown = [key for key in data if key not in _ALLOWED_FIELDS]
+    if len(unknown) > MAX_ERRORS:
+        message = f"unknown field; remove it (allowed fields: {', '.join(_ALLOWED_FIELDS)})"
+        fields = [
+            {
+                "field": key,
+                "pointer": "/" + key.replace("~", "~0").replace("/", "~1"),
+                "message": message,
+            }
+            for key in unknown[:MAX_ERRORS]
+        ]
+        raise ProblemError(
+            422,
+            "invalid-request",
+            "Invalid request body",
+            f"fix the request body and retry: it has {len(unknown)} unknown fields; "
+            f"allowed fields: {', '.join(_ALLOWED_FIELDS)}",
+            errors=fields,
+            error_count=len(unknown),
+        )
 
 
 def parse_generate_body(raw: bytes) -> GenerateRequest:
     """`raw` as a `GenerateRequest`, or a problem: 400 (malformed JSON, duplicate key) or 422
-    (invalid fields: the first `MAX_ERRORS` listed, the rest counted)."""
+    (invalid fields: the first `MAX_ERRORS` listed, the rest counted; a list stops at its
+    first bad item)."""
+    _prescan(raw)
     try:
-        request = GenerateRequest.model_validate_json(raw)
+        return GenerateRequest.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if any(e.get("type") == "json_invalid" for e in errors):
@@ -71,7 +105,6 @@ def parse_generate_body(raw: bytes) -> GenerateRequest:
                 f"the request body is not valid JSON ({reason}); send a JSON object such as "
                 '{"architecture": "digits-mlp"}',
             ) from None
-        _check_duplicate_keys(raw)  # the clearer complaint when both apply
         fields = field_errors_from_pydantic(
             errors, allowed_fields=_ALLOWED_FIELDS, limit=MAX_ERRORS
         )
@@ -83,8 +116,6 @@ def parse_generate_body(raw: bytes) -> GenerateRequest:
             errors=fields,
             error_count=len(errors),
         ) from None
-    _check_duplicate_keys(raw)
-    return request
 
 
 async def parse_off_loop(raw: bytes) -> GenerateRequest:

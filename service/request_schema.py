@@ -79,18 +79,20 @@ def _condition_variants(info: GeneratorInfo) -> list[dict[str, Any]]:
 
 def _sampler_variants(info: GeneratorInfo, settings: Settings) -> list[dict[str, Any]]:
     """(properties, required) fragments for sampler, steps and eta."""
-    steps_limit = min(settings.max_steps, info.num_timesteps or settings.max_steps)
+    steps_limit = min(settings.max_steps, info.num_timesteps)  # as models.request_check
     ddim_default = info.default_sampler == "ddim"
+    steps: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": steps_limit}
+    default_fits = info.default_steps <= steps_limit  # else a request must name its steps
     ddim: dict[str, Any] = {
         "properties": {
             "sampler": _nullable({"const": "ddim"}) if ddim_default else {"const": "ddim"},
-            "steps": _nullable({"type": "integer", "minimum": 1, "maximum": steps_limit}),
+            "steps": _nullable(steps) if default_fits else steps,
             "eta": {"type": "number", "minimum": 0.0, "maximum": 1.0},
         },
-        "required": [] if ddim_default else ["sampler"],
+        "required": ([] if ddim_default else ["sampler"]) + ([] if default_fits else ["steps"]),
     }
     variants = [ddim]
-    full_schedule = info.num_timesteps or settings.max_steps
+    full_schedule = info.num_timesteps
     if full_schedule <= settings.max_steps:  # DDPM runs every timestep: allowed only then
         variants.append(
             {

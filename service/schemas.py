@@ -45,6 +45,7 @@ class TaskSpec(_Strict):
     """A binary task named by its positive classes, e.g. ``{"positive_classes": ["0", "3"]}``."""
 
     positive_classes: list[str | int] = Field(
+        fail_fast=True,
         min_length=1,
         max_length=4096,
         description="class labels (GET /architectures: condition.labels) that count as positive; the "
@@ -61,7 +62,10 @@ class GenerateRequest(_Strict):
         description="generator name as listed by GET /architectures",
         examples=["digits-mlp"],
     )
+    # fail_fast: a list stops at its first bad item. One request of 21,000 bad items would
+    # otherwise build 21,000 errors (~0.3 s holding the GIL: every other request waits).
     task_embedding: list[FiniteFloat] | None = Field(
+        fail_fast=True,
         default=None,
         max_length=65536,
         description="condition vector; required exactly when the generator is conditional, "

@@ -56,7 +56,9 @@ class GatewaySettings(Settings):
         description="open connections beyond this get 503 for their requests",
     )
     max_header_bytes: int = Field(
-        default=16384, ge=1024, description="a request head larger than this gets 400"
+        default=16384,
+        ge=1024,
+        description="a request head still unfinished after this many bytes gets 400",
     )
 
     @field_validator("api_key_hashes", mode="before")

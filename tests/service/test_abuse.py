@@ -46,7 +46,7 @@ def requests_counted(gateway: LiveGateway, route: str, status: int) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def test_huge_invalid_body_gets_capped_error_list(gateway: LiveGateway) -> None:
+def test_huge_invalid_list_is_refused_at_its_first_bad_item(gateway: LiveGateway) -> None:
     items = ",".join("[]" for _ in range(21_000))  # 63 KB, under the body limit
     body = '{"architecture": "digits-cond", "task_embedding": [' + items + "]}"
     assert len(body) < gateway.settings.max_body_bytes
@@ -54,12 +54,44 @@ def test_huge_invalid_body_gets_capped_error_list(gateway: LiveGateway) -> None:
         "/generate", content=body, headers={"Content-Type": "application/json"}
     )
     problem = assert_problem(response, 422)
-    assert len(problem["errors"]) == 20
-    assert problem["more_errors"] == 21_000 - 20
-    assert problem["errors"][0]["field"] == "task_embedding[0]"
-    assert "(and 20995 more)" in problem["detail"]
+    assert [e["field"] for e in problem["errors"]] == ["task_embedding[0]"]
+    assert len(response.content) < 2_000
+    assert gateway.rq_keys() == []
+
+
+def test_many_unknown_fields_get_a_capped_error_list(gateway: LiveGateway) -> None:
+    fields = ",".join(f'"k{i}": 0' for i in range(6_000))
+    body = '{"architecture": "digits-mlp", ' + fields + "}"
+    assert len(body) < gateway.settings.max_body_bytes
+    response = gateway.http.post(
+        "/generate", content=body, headers={"Content-Type": "application/json"}
+    )
+    problem = assert_problem(response, 422)
+    assert [e["field"] for e in problem["errors"]] == [f"k{i}" for i in range(20)]
+    assert all(e["message"].startswith("unknown field") for e in problem["errors"])
+    assert problem["more_errors"] == 6_000 - 20
+    assert "6000 unknown fields" in problem["detail"]
     assert len(response.content) < 8_000
     assert gateway.rq_keys() == []
+
+
+def test_error_list_past_the_cap_counts_the_rest(gateway: LiveGateway) -> None:
+    # 25 distinct schema errors, few enough unknown fields to reach the schema's parser.
+    body = {
+        "architecture": 1,
+        "num_samples": "x",
+        "seed": "x",
+        "sampler": 1,
+        "steps": "x",
+        "eta": "x",
+        "dtype": 1,
+        "task": {"positive_classes": 1},
+        **{f"k{i}": 0 for i in range(17)},
+    }
+    problem = assert_problem(gateway.http.post("/generate", json=body), 422)
+    assert len(problem["errors"]) == 20
+    assert problem["more_errors"] == 25 - 20
+    assert "(and 20 more)" in problem["detail"]
 
 
 @pytest.mark.parametrize(

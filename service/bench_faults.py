@@ -1,0 +1,286 @@
+"""How fast the service recovers from faults, and how it serves while being abused.
+
+    OMP_NUM_THREADS=1 python -m service.bench_faults [--generators BUNDLE] [--trials 3]
+
+Real processes throughout (`service.faultlab`: redis-server with AOF, `rpg serve`, two
+`rpg worker`), with the production heartbeat (5 s) unless ``--heartbeat`` says otherwise:
+
+1. worker kill: a running job's worker gets SIGKILL; seconds until the job runs again on
+   the other worker, and until it has succeeded;
+2. Redis restart: Redis gets SIGKILL mid-job and starts again ``--redis-down`` seconds
+   later; seconds (from its start) until the gateway answers the job again, until the
+   job's progress moves again, and until it has succeeded;
+3. abuse: latency of a well-behaved client (``GET /healthz``, ``GET /architectures``)
+   alone, then while abusive clients run: slow bodies (many connections dripping a body),
+   huge error bodies (63 KB bodies of 21,000 invalid items), and mid-body disconnects.
+
+Without ``--generators`` a tiny generator is trained first (6-checkpoint zoo, 20 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.faultlab import Deployment, job_document, submit, wait_until
+
+__all__ = ["main"]
+
+LONG_JOB = {"architecture": "digits-mlp", "num_samples": 2, "steps": 400}
+
+
+def _tiny_generator(root: Path) -> Path:
+    from models.training import TrainConfig, train
+    from models.zoo.build import build_digits_zoo
+
+    zoo = root / "zoo"
+    build_digits_zoo("digits-mlp", zoo, num_checkpoints=6, runs=2, seed=0, progress=False)
+    options = TrainConfig(
+        steps=20,
+        d_model=32,
+        d_state=16,
+        channels=(1, 8, 16, 8, 1),
+        token_size=256,
+        progress=False,
+        save_every=0,
+        name="digits-mlp",
+    )
+    train(zoo, root / "digits-mlp", options)
+    return root / "digits-mlp"
+
+
+def _document(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    found = job_document(http, job_id)
+    if found is None:
+        raise httpx.TransportError("gateway unavailable")
+    return found
+
+
+def _running(http: httpx.Client, job_id: str, attempts: int = 1) -> bool:
+    document = _document(http, job_id)
+    return document["status"] == "running" and int(document["attempts"]) >= attempts
+
+
+def _succeeded(http: httpx.Client, job_id: str) -> bool:
+    status = _document(http, job_id)["status"]
+    if status in ("failed", "canceled"):
+        raise RuntimeError(f"job {job_id} ended {status}")
+    return status == "succeeded"
+
+
+def bench_worker_kill(deployment: Deployment, http: httpx.Client, trial: int) -> dict[str, float]:
+    """Kill the worker running a job; seconds until it runs again, and until it succeeds."""
+    job_id = submit(http, {**LONG_JOB, "seed": 100 + trial}, f"kill-{trial}")
+    wait_until(lambda: _running(http, job_id), 60, "the job to start")
+    pids = deployment.live_worker_pids()
+    import redis
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    client = redis.Redis.from_url(deployment.redis_url)
+    name = Job.fetch(job_id, connection=client, serializer=JSONSerializer).worker_name
+    client.close()
+    deployment.kill_worker(pids[str(name)])
+    killed = time.monotonic()
+    deployment.start_worker()  # the replacement; the other worker takes the job meanwhile
+    restarted = wait_until(lambda: _running(http, job_id, attempts=2), 120, "the retry")
+    wait_until(lambda: _succeeded(http, job_id), 120, "the retried job to succeed")
+    return {"rerun_s": restarted, "succeeded_s": time.monotonic() - killed}
+
+
+def bench_redis_restart(
+    deployment: Deployment, http: httpx.Client, trial: int, down_s: float
+) -> dict[str, float]:
+    """Kill Redis mid-job for `down_s`; seconds from its restart until the gateway, the job's
+    progress and the job's success are back."""
+    job_id = submit(http, {**LONG_JOB, "seed": 200 + trial}, f"redis-{trial}")
+    wait_until(lambda: float(_document(http, job_id)["progress"]) > 0, 60, "progress")
+    deployment.kill_redis()
+    time.sleep(down_s)
+    deployment.start_redis()
+    started = time.monotonic()
+    gateway_s = wait_until(lambda: bool(_document(http, job_id)), 60, "the gateway")
+    before = float(_document(http, job_id)["progress"])
+    progress_s = wait_until(
+        lambda: (
+            float(_document(http, job_id)["progress"]) > before
+            or _document(http, job_id)["status"] == "succeeded"
+        ),
+        120,
+        "progress after the restart",
+    )
+    wait_until(lambda: _succeeded(http, job_id), 120, "the job to succeed")
+    return {
+        "gateway_back_s": gateway_s,
+        "progress_again_s": gateway_s + progress_s,
+        "succeeded_s": time.monotonic() - started,
+    }
+
+
+# ------------------------------------------------------------------------------- abuse
+def _measure(http: httpx.Client, seconds: float) -> list[float]:
+    latencies = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for path in ("/healthz", "/architectures"):
+            began = time.perf_counter()
+            http.get(path).raise_for_status()
+            latencies.append(time.perf_counter() - began)
+        time.sleep(0.01)
+    return latencies
+
+
+def _connect(deployment: Deployment) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", deployment.gateway_port), timeout=5)
+
+
+def _slow_bodies(deployment: Deployment, stop: threading.Event, count: int) -> int:
+    socks = []
+    head = (
+        b"POST /generate HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    for _ in range(count):
+        try:
+            sock = _connect(deployment)
+            sock.sendall(head)
+            socks.append(sock)
+        except OSError:
+            break
+    while not stop.wait(1.0):
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.sendall(b" ")
+    for sock in socks:
+        sock.close()
+    return len(socks)
+
+
+def _huge_errors(deployment: Deployment, stop: threading.Event) -> int:
+    body = '{"architecture": "digits-mlp", "task_embedding": [' + ",".join(["[]"] * 21_000) + "]}"
+    sent = 0
+    with httpx.Client(base_url=deployment.url, timeout=30) as http:
+        while not stop.is_set():
+            http.post("/generate", content=body, headers={"Content-Type": "application/json"})
+            sent += 1
+    return sent
+
+
+def _disconnects(deployment: Deployment, stop: threading.Event) -> int:
+    head = (
+        b"POST /generate HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2000\r\n\r\n" + b'{"architecture": "digits-mlp", ' * 20
+    )
+    done = 0
+    while not stop.is_set():
+        try:
+            sock = _connect(deployment)
+            sock.sendall(head)
+            time.sleep(0.01)
+            sock.close()
+            done += 1
+        except OSError:
+            time.sleep(0.05)
+    return done
+
+
+def bench_abuse(deployment: Deployment, seconds: float, slow: int) -> dict[str, Any]:
+    """Well-behaved latency alone and under abuse (p50 / p99 in ms) and what the abusers did."""
+
+    def summary(latencies: list[float]) -> dict[str, float]:
+        ordered = sorted(latencies)
+        return {
+            "requests": len(ordered),
+            "p50_ms": round(1000 * statistics.median(ordered), 2),
+            "p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 2),
+        }
+
+    with httpx.Client(base_url=deployment.url, timeout=30) as http:
+        alone = summary(_measure(http, seconds))
+        stop = threading.Event()
+        counts: dict[str, int] = {}
+        jobs: list[tuple[str, Callable[[], int]]] = [
+            ("slow_body_connections", lambda: _slow_bodies(deployment, stop, slow)),
+            ("huge_error_posts_a", lambda: _huge_errors(deployment, stop)),
+            ("huge_error_posts_b", lambda: _huge_errors(deployment, stop)),
+            ("disconnects", lambda: _disconnects(deployment, stop)),
+        ]
+
+        def run(name: str, job: Callable[[], int]) -> None:
+            counts[name] = job()
+
+        threads = [threading.Thread(target=run, args=item) for item in jobs]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # let the abusers get going
+        abused = summary(_measure(http, seconds))
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    return {"alone": alone, "under_abuse": abused, "abusers": counts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generators", type=Path, help="a digits-mlp bundle (default: train one)")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="RPG_HEARTBEAT_INTERVAL_S")
+    parser.add_argument("--redis-down", type=float, default=3.0, help="seconds Redis stays down")
+    parser.add_argument("--abuse-seconds", type=float, default=10.0)
+    parser.add_argument("--slow-connections", type=int, default=200)
+    parser.add_argument(
+        "--parts", default="kill,redis,abuse", help="comma-separated: kill, redis, abuse"
+    )
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+
+    with tempfile.TemporaryDirectory(prefix="rpg-bench-faults-") as tmp:
+        root = Path(tmp)
+        bundle = args.generators or _tiny_generator(root / "gen")
+        deployment = Deployment(root / "deploy", [bundle], heartbeat_s=args.heartbeat)
+        try:
+            deployment.start_redis()
+            deployment.start_gateway()
+            deployment.start_worker()
+            deployment.start_worker()
+            deployment.wait_for_workers(2)
+            with httpx.Client(base_url=deployment.url, timeout=10) as http:
+                print(f"heartbeat {args.heartbeat} s; job: {LONG_JOB}", flush=True)
+                for trial in range(args.trials if "kill" in parts else 0):
+                    result = bench_worker_kill(deployment, http, trial)
+                    print(f"worker kill    trial {trial}: {_fmt(result)}", flush=True)
+                    deployment.wait_for_workers(2)
+                for trial in range(args.trials if "redis" in parts else 0):
+                    result = bench_redis_restart(deployment, http, trial, args.redis_down)
+                    alive = sum(p.poll() is None for p in deployment.workers)
+                    print(
+                        f"redis restart  trial {trial} (down {args.redis_down} s): "
+                        f"{_fmt(result)}; workers alive: {alive}",
+                        flush=True,
+                    )
+            if "abuse" in parts:
+                result = bench_abuse(deployment, args.abuse_seconds, args.slow_connections)
+                print(f"abuse: well-behaved alone       {result['alone']}")
+                print(f"abuse: well-behaved under abuse {result['under_abuse']}")
+                print(f"abuse: abusers                  {result['abusers']}")
+        finally:
+            deployment.close()
+    return 0
+
+
+def _fmt(result: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in result.items())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
