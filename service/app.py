@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,6 +49,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         reaper.start()
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic
+        # GC, so a collection after one allocation-heavy request (a large body) scans only
+        # young objects instead of pausing every request for ~0.2 s.
+        gc.freeze()
         yield
         reaper.stop()
         await gateway.aclose()

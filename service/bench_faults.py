@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import socket
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +141,11 @@ def _measure(http: httpx.Client, seconds: float) -> list[float]:
     return latencies
 
 
-def _connect(deployment: Deployment) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", deployment.gateway_port), timeout=5)
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
-def _slow_bodies(deployment: Deployment, stop: threading.Event, count: int) -> int:
+def _slow_bodies(port: int, stop: Event, count: int) -> int:
     socks = []
     head = (
         b"POST /generate HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
@@ -152,7 +153,7 @@ def _slow_bodies(deployment: Deployment, stop: threading.Event, count: int) -> i
     )
     for _ in range(count):
         try:
-            sock = _connect(deployment)
+            sock = _connect(port)
             sock.sendall(head)
             socks.append(sock)
         except OSError:
@@ -166,17 +167,17 @@ def _slow_bodies(deployment: Deployment, stop: threading.Event, count: int) -> i
     return len(socks)
 
 
-def _huge_errors(deployment: Deployment, stop: threading.Event) -> int:
+def _huge_errors(port: int, stop: Event) -> int:
     body = '{"architecture": "digits-mlp", "task_embedding": [' + ",".join(["[]"] * 21_000) + "]}"
     sent = 0
-    with httpx.Client(base_url=deployment.url, timeout=30) as http:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
         while not stop.is_set():
             http.post("/generate", content=body, headers={"Content-Type": "application/json"})
             sent += 1
     return sent
 
 
-def _disconnects(deployment: Deployment, stop: threading.Event) -> int:
+def _disconnects(port: int, stop: Event) -> int:
     head = (
         b"POST /generate HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
         b"Content-Length: 2000\r\n\r\n" + b'{"architecture": "digits-mlp", ' * 20
@@ -184,7 +185,7 @@ def _disconnects(deployment: Deployment, stop: threading.Event) -> int:
     done = 0
     while not stop.is_set():
         try:
-            sock = _connect(deployment)
+            sock = _connect(port)
             sock.sendall(head)
             time.sleep(0.01)
             sock.close()
@@ -194,7 +195,22 @@ def _disconnects(deployment: Deployment, stop: threading.Event) -> int:
     return done
 
 
-def bench_abuse(deployment: Deployment, seconds: float, slow: int) -> dict[str, Any]:
+def _abuser(kind: str, port: int, stop: Event, slow: int, results: Queue) -> None:
+    """One abusive client, in its own process (its Python work must not slow the measurer)."""
+    if kind == "slow_body_connections":
+        results.put((kind, _slow_bodies(port, stop, slow)))
+    elif kind == "huge_error_posts":
+        results.put((kind, _huge_errors(port, stop)))
+    else:
+        results.put((kind, _disconnects(port, stop)))
+
+
+ABUSERS = ("slow_body_connections", "huge_error_posts", "huge_error_posts", "disconnects")
+
+
+def bench_abuse(
+    deployment: Deployment, seconds: float, slow: int, kinds: tuple[str, ...] = ABUSERS
+) -> dict[str, Any]:
     """Well-behaved latency alone and under abuse (p50 / p99 in ms) and what the abusers did."""
 
     def summary(latencies: list[float]) -> dict[str, float]:
@@ -205,28 +221,28 @@ def bench_abuse(deployment: Deployment, seconds: float, slow: int) -> dict[str, 
             "p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 2),
         }
 
+    context = multiprocessing.get_context("spawn")
     with httpx.Client(base_url=deployment.url, timeout=30) as http:
         alone = summary(_measure(http, seconds))
-        stop = threading.Event()
-        counts: dict[str, int] = {}
-        jobs: list[tuple[str, Callable[[], int]]] = [
-            ("slow_body_connections", lambda: _slow_bodies(deployment, stop, slow)),
-            ("huge_error_posts_a", lambda: _huge_errors(deployment, stop)),
-            ("huge_error_posts_b", lambda: _huge_errors(deployment, stop)),
-            ("disconnects", lambda: _disconnects(deployment, stop)),
+        stop = context.Event()
+        results = context.Queue()
+        processes = [
+            context.Process(
+                target=_abuser, args=(kind, deployment.gateway_port, stop, slow, results)
+            )
+            for kind in kinds
         ]
-
-        def run(name: str, job: Callable[[], int]) -> None:
-            counts[name] = job()
-
-        threads = [threading.Thread(target=run, args=item) for item in jobs]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0)  # let the abusers get going
+        for process in processes:
+            process.start()
+        time.sleep(3.0)  # let the abusers start and get going
         abused = summary(_measure(http, seconds))
         stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        counts: dict[str, int] = {}
+        for _ in processes:
+            kind, count = results.get(timeout=60)
+            counts[kind] = counts.get(kind, 0) + count
+        for process in processes:
+            process.join(timeout=30)
     return {"alone": alone, "under_abuse": abused, "abusers": counts}
 
 
@@ -240,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-connections", type=int, default=200)
     parser.add_argument(
         "--parts", default="kill,redis,abuse", help="comma-separated: kill, redis, abuse"
+    )
+    parser.add_argument(
+        "--abusers",
+        default=",".join(ABUSERS),
+        help="comma-separated abusive clients (one process each): slow_body_connections, "
+        "huge_error_posts, disconnects",
     )
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -269,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             if "abuse" in parts:
-                result = bench_abuse(deployment, args.abuse_seconds, args.slow_connections)
+                kinds = tuple(args.abusers.split(","))
+                result = bench_abuse(deployment, args.abuse_seconds, args.slow_connections, kinds)
                 print(f"abuse: well-behaved alone       {result['alone']}")
                 print(f"abuse: well-behaved under abuse {result['under_abuse']}")
                 print(f"abuse: abusers                  {result['abusers']}")
