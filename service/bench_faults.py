@@ -10,7 +10,10 @@ Real processes throughout (`service.faultlab`: redis-server with AOF, `rpg serve
 2. Redis restart: Redis gets SIGKILL mid-job and starts again ``--redis-down`` seconds
    later; seconds (from its start) until the gateway answers the job again, until the
    job's progress moves again, and until it has succeeded;
-3. abuse: latency of a well-behaved client (``GET /healthz``, ``GET /architectures``)
+3. slow clients: ``--slow-connections`` connections that never finish their request head
+   and as many that never finish their body, dripping a byte a second; seconds until the
+   gateway has closed each group (``RPG_HEADER_TIMEOUT_S``, ``RPG_BODY_TIMEOUT_S``);
+4. abuse: latency of a well-behaved client (``GET /healthz``, ``GET /architectures``)
    alone, then while abusive clients run: slow bodies (many connections dripping a body),
    huge error bodies (63 KB bodies of 21,000 invalid items), and mid-body disconnects.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
+import select
 import socket
 import statistics
 import tempfile
@@ -246,6 +250,60 @@ def bench_abuse(
     return {"alone": alone, "under_abuse": abused, "abusers": counts}
 
 
+def bench_slow_clients(deployment: Deployment, count: int, limit_s: float) -> dict[str, Any]:
+    """Open `count` never-finished heads and `count` never-finished bodies; seconds until the
+    gateway has closed all of each group (None: some still open after `limit_s`)."""
+    groups: dict[str, list[socket.socket]] = {"heads": [], "bodies": []}
+    began = time.monotonic()
+    for _ in range(count):
+        sock = _connect(deployment.gateway_port)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\nX-Slow: ")
+        groups["heads"].append(sock)
+        sock = _connect(deployment.gateway_port)
+        sock.sendall(
+            b"POST /generate HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        groups["bodies"].append(sock)
+    opened_s = time.monotonic() - began
+    closed_after: dict[str, float | None] = {"heads": None, "bodies": None}
+    still_open = {name: set(socks) for name, socks in groups.items()}
+    statuses: dict[str, set[str]] = {"heads": set(), "bodies": set()}
+    next_drip = time.monotonic()
+    while time.monotonic() - began < limit_s and any(still_open.values()):
+        everyone = [sock for socks in still_open.values() for sock in socks]
+        readable, _, _ = select.select(everyone, [], [], 0.2)
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            name = "heads" if sock in still_open["heads"] else "bodies"
+            if data.startswith(b"HTTP/1.1 "):
+                statuses[name].add(data[9:12].decode())
+            if not data:
+                still_open[name].discard(sock)
+                sock.close()
+                if not still_open[name]:
+                    closed_after[name] = round(time.monotonic() - began, 2)
+        if time.monotonic() >= next_drip:  # a byte a second: never idle, never done
+            next_drip += 1.0
+            for sock in everyone:
+                with contextlib.suppress(OSError):
+                    sock.send(b"a")
+    for socks in still_open.values():
+        for sock in socks:
+            sock.close()
+    return {
+        "connections": 2 * count,
+        "opened_in_s": round(opened_s, 2),
+        "all_heads_closed_after_s": closed_after["heads"],
+        "all_bodies_closed_after_s": closed_after["bodies"],
+        "statuses": {name: sorted(codes) for name, codes in statuses.items()},
+        "left_open": sum(len(socks) for socks in still_open.values()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generators", type=Path, help="a digits-mlp bundle (default: train one)")
@@ -255,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abuse-seconds", type=float, default=10.0)
     parser.add_argument("--slow-connections", type=int, default=200)
     parser.add_argument(
-        "--parts", default="kill,redis,abuse", help="comma-separated: kill, redis, abuse"
+        "--parts",
+        default="kill,redis,slow,abuse",
+        help="comma-separated: kill, redis, slow, abuse",
     )
     parser.add_argument(
         "--abusers",
@@ -290,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{_fmt(result)}; workers alive: {alive}",
                         flush=True,
                     )
+            if "slow" in parts:
+                result = bench_slow_clients(deployment, args.slow_connections, limit_s=60)
+                print(f"slow clients: {result}", flush=True)
             if "abuse" in parts:
                 kinds = tuple(args.abusers.split(","))
                 result = bench_abuse(deployment, args.abuse_seconds, args.slow_connections, kinds)
