@@ -8,7 +8,8 @@ from functools import partial
 import redis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from service.auth import ApiKeyring
@@ -92,7 +93,14 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     secret = settings.resolved_signing_secret() if settings.storage == "local" else None
     url = redis_url(settings)
     client = redis.Redis.from_url(url)
-    aclient = AsyncRedis.from_url(url)
+    # redis.asyncio retries only the errors named in retry_on_error (none by default): after a
+    # Redis restart every pooled connection is stale, and each request that drew one got a
+    # 503 although Redis was back. One quick retry on a fresh connection fixes that.
+    aclient = AsyncRedis.from_url(
+        url,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
     probe = _probe_client(client)
     return Gateway(
         settings=settings,

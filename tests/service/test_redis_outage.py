@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import RedisServer
@@ -67,3 +69,21 @@ def test_gateway_answers_503_while_redis_is_down_and_recovers(
     assert http.get(f"/jobs/{job_id}").json()["status"] == "queued"
     again = http.post("/generate", json={"architecture": "digits-mlp"})
     assert again.status_code == 202, again.text
+
+
+def test_no_503_once_redis_is_back(own_redis: RedisServer, outage_gateway: LiveGateway) -> None:
+    # Fill the gateway's connection pools, restart Redis, then a burst of requests: every
+    # pooled connection is stale now, and none of the requests may fail for it.
+    def burst() -> list[int]:
+        def post(_: int) -> int:
+            with httpx.Client(base_url=outage_gateway.url, timeout=10) as client:
+                return client.post("/generate", json={"architecture": "digits-mlp"}).status_code
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            return list(pool.map(post, range(20)))
+
+    assert burst() == [202] * 20
+    own_redis.stop()
+    time.sleep(0.5)
+    own_redis.start()
+    assert burst() == [202] * 20
