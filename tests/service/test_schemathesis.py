@@ -88,8 +88,15 @@ def run_schemathesis(url: str, config: Path) -> subprocess.CompletedProcess[str]
         "SCHEMATHESIS_HOOKS": "tests.service.schemathesis_hooks",
         "PYTHONPATH": str(REPO),
     }
+    # Run in the test's directory: schemathesis keeps a cache (.schemathesis/) in its cwd.
     return subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+        command,
+        cwd=config.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
