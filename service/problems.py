@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -219,6 +220,29 @@ class UnhandledErrorMiddleware:
             await problem_response(_internal_error())(scope, receive, send)
 
 
+def _methods_at(routes: Iterable[Any], scope: Scope, found: set[str]) -> None:
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        # An included router is one entry here (FastAPI keeps it whole): look inside.
+        inner = getattr(route, "routes", None) or getattr(
+            getattr(route, "original_router", None), "routes", None
+        )
+        if inner:
+            _methods_at(inner, scope, found)
+        else:
+            found.update(getattr(route, "methods", None) or ())
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    route's, when a path has a route per method)."""
+    found: set[str] = set()
+    _methods_at(request.app.router.routes, request.scope, found)
+    return sorted(found)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error response of ``app`` a problem+json document."""
 
@@ -243,20 +267,22 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
         )
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         detail = str(exc.detail) if exc.detail else _status_title(status)
+        headers = dict(exc.headers or {})
         if status == 404:
             detail = "no such endpoint; see /docs for the API"
         elif status == 405:
             detail = "this endpoint does not support that method; see /docs for the API"
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         problem = ProblemError(
             status,
             "http-" + str(status),
             _status_title(status),
             detail,
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
         return problem_response(problem)
 

@@ -152,4 +152,14 @@ def generate_body_schema(
     schema["properties"]["num_samples"]["maximum"] = settings.max_num_samples
     schema["examples"] = [example]
     schema["anyOf"] = variants
+    if "webhook_events_filter" in schema["properties"]:
+        # The filter says which events go to the webhook: it needs one.
+        schema["dependentSchemas"] = {
+            "webhook_events_filter": {
+                "anyOf": [
+                    {"properties": {"webhook_events_filter": {"type": "null"}}},
+                    {"required": ["webhook"], "properties": {"webhook": {"type": "string"}}},
+                ]
+            }
+        }
     return schema

@@ -59,7 +59,24 @@ def _frame(job: dict[str, Any]) -> str:
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # OpenAPI 3.1: the schema of an event stream describes one event.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string"},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobPublic"},
+                        },
+                    },
+                }
+            }
+        },
         "description": "events until the job ends; each data: line is the job JSON",
     },
     401: {"description": "API key missing or invalid"},

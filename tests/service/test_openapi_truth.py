@@ -65,3 +65,31 @@ def test_idempotency_key_pattern_is_stated(gateway_factory: GatewayFactory) -> N
     assert pattern.fullmatch("a-UUID_like.key:123")
     assert not pattern.fullmatch("has space") and not pattern.fullmatch("")
     assert not pattern.fullmatch("x" * 256)
+
+
+def test_405_allow_lists_every_method_of_the_path(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory()
+    response = gateway.http.request("OPTIONS", "/jobs/0123456789abcdef0123456789abcdef")
+    assert response.status_code == 405
+    allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+    assert {"GET", "DELETE"} <= allowed and "OPTIONS" not in allowed
+
+
+def test_event_stream_schema_describes_one_event(gateway_factory: GatewayFactory) -> None:
+    doc = gateway_factory().http.get("/openapi.json").json()
+    content = doc["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
+    event = content["text/event-stream"]["schema"]
+    assert event["required"] == ["data"]
+    assert event["properties"]["data"]["contentSchema"]["$ref"].endswith("/JobPublic")
+
+
+def test_webhook_events_filter_requires_a_webhook_in_the_document(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gateway = gateway_factory()
+    body = gateway.http.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
+    assert "webhook_events_filter" in body["dependentSchemas"]
+    response = gateway.http.post(
+        "/generate", json={"architecture": "digits-mlp", "webhook_events_filter": ["completed"]}
+    )
+    assert response.status_code == 422
