@@ -7,7 +7,9 @@ progress and the heartbeat thread all resume where they were once the server is 
 A running job stays bounded by its own timeout (RQ's alarm interrupts the wait).
 
 The waiting is logged once when it starts and then every `LOG_EVERY_S` seconds, so an
-operator sees why a worker is idle without a line per retry.
+operator sees why a worker is idle without a line per retry. Once the process is asked to
+stop (`stop_waiting`, called on SIGINT/SIGTERM), calls fail at once instead: a worker told
+to stop while Redis is down must exit, not wait for a server that may never come back.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import redis as redis_lib
 from redis.backoff import AbstractBackoff, NoBackoff
 from redis.retry import Retry
 
-__all__ = ["WaitingBackoff", "impatient", "patient"]
+__all__ = ["WaitingBackoff", "impatient", "patient", "stop_waiting"]
 
 log = logging.getLogger("rpg.worker")
 
@@ -53,6 +55,12 @@ class _WaitLog:
 
 
 _WAIT_LOG = _WaitLog()
+_STOPPING = threading.Event()
+
+
+def stop_waiting() -> None:
+    """From now on, Redis calls of this process that fail raise instead of waiting."""
+    _STOPPING.set()
 
 
 class WaitingBackoff(AbstractBackoff):
@@ -66,6 +74,8 @@ class WaitingBackoff(AbstractBackoff):
         self.cap_s = cap_s
 
     def compute(self, failures: int) -> float:
+        if _STOPPING.is_set():  # raised here, the retry loop gives up with this error
+            raise redis_lib.ConnectionError(f"Redis at {self.where} is unreachable; stopping")
         wait_s = min(self.cap_s, self.first_s * 2 ** max(0, failures - 1))
         _WAIT_LOG.waiting(self.where, failures, wait_s)
         return wait_s

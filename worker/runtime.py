@@ -55,7 +55,7 @@ from worker.queue.keys import (
     worker_key,
 )
 from worker.queue.reaper import ReaperLoop, reap_dead_jobs
-from worker.reconnect import impatient, patient
+from worker.reconnect import impatient, patient, stop_waiting
 from worker.registry import GeneratorCache, discover_generators
 from worker.settings import Settings
 
@@ -73,6 +73,7 @@ class GenerationWorker(SimpleWorker):
     (for the heartbeat), with the JSON serializer."""
 
     current_job_id: str | None = None
+    stop_signalled = False  # SIGINT/SIGTERM seen (RQ leaves _stop_requested unset when idle)
     # RQ's command channel (remote stop/shutdown) costs a thread and ~1 s at teardown;
     # burst runs (tests, batch) switch it off.
     listen_for_commands = True
@@ -86,6 +87,13 @@ class GenerationWorker(SimpleWorker):
         """Stop listening for RQ commands (if listening)."""
         if self.listen_for_commands:
             super().unsubscribe()
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        """SIGINT/SIGTERM (RQ's handler): also stop waiting for Redis, so a worker stopped
+        during an outage exits instead of retrying forever."""
+        self.stop_signalled = True
+        stop_waiting()
+        super().request_stop(signum, frame)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run one job in this process."""
@@ -273,7 +281,8 @@ class Supervisor:
                 worked = self.worker.work(burst=self.burst, logging_level=level) or worked
             except Exception as exc:  # SystemExit / KeyboardInterrupt (cold stop) end it
                 error = exc
-            if self.worker._stop_requested or (self.burst and error is None):
+            stopping = self.worker._stop_requested or self.worker.stop_signalled
+            if stopping or (self.burst and error is None):
                 return worked
             if time.monotonic() - began > HEALTHY_RUN_S:
                 delay = RESTART_FIRST_S

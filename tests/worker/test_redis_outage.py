@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -122,5 +123,28 @@ def test_worker_outlives_redis_outage_mid_job(
         wait_for(again_done, 60, "a job after the outage")
     finally:
         process.kill()
+        process.wait(timeout=10)
+        connection.close()
+
+
+@pytest.mark.slow
+def test_worker_stopped_during_outage_exits(
+    aof_redis: RedisServer, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    settings = Settings(redis_url=aof_redis.url, heartbeat_interval_s=HEARTBEAT_S)
+    log = tmp_path / "worker.log"
+    process = spawn_worker(aof_redis.url, tiny_bundle, tmp_path / "data", log)
+    connection = redis.Redis.from_url(aof_redis.url)
+    try:
+        wait_for(lambda: len(live_workers(connection, settings=settings)) == 1, 90, "the worker")
+        aof_redis.stop()
+        time.sleep(1.5)  # the worker is waiting for Redis now
+        assert process.poll() is None, log.read_text()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)  # exits instead of waiting for Redis forever
+        assert "unreachable; waiting for it" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
         process.wait(timeout=10)
         connection.close()
