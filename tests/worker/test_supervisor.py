@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from rq.job import Job
 from rq.queue import Queue
@@ -37,6 +38,7 @@ class FaultyWorker(GenerationWorker):
         self._stop_requested = True
 
 
+@pytest.mark.timeout(120)  # a leaked worker on the same Redis could take the job
 def test_work_loop_restarts_and_orphaned_job_is_retried(
     connection: redis.Redis,
     make_settings: Callable[..., Settings],
