@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from models.sampler_names import SAMPLERS
 from service.catalog import Catalog, GeneratorInfo
 from worker.settings import Settings
 
@@ -78,30 +79,35 @@ def _condition_variants(info: GeneratorInfo) -> list[dict[str, Any]]:
 
 
 def _sampler_variants(info: GeneratorInfo, settings: Settings) -> list[dict[str, Any]]:
-    """(properties, required) fragments for sampler, steps and eta."""
-    steps_limit = min(settings.max_steps, info.num_timesteps)  # as models.request_check
-    ddim_default = info.default_sampler == "ddim"
+    """(properties, required) fragments for sampler, steps and eta (models.request_check's
+    rules: DDPM runs the whole schedule with eta 0; the others take 1..limit steps)."""
+    steps_limit = min(settings.max_steps, info.num_timesteps)
+    stepped = [name for name in SAMPLERS if name != "ddpm"]
+    stepped_default = info.default_sampler != "ddpm"
     steps: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": steps_limit}
     default_fits = info.default_steps <= steps_limit  # else a request must name its steps
-    ddim: dict[str, Any] = {
-        "properties": {
-            "sampler": _nullable({"const": "ddim"}) if ddim_default else {"const": "ddim"},
-            "steps": _nullable(steps) if default_fits else steps,
-            "eta": {"type": "number", "minimum": 0.0, "maximum": 1.0},
-        },
-        "required": ([] if ddim_default else ["sampler"]) + ([] if default_fits else ["steps"]),
-    }
-    variants = [ddim]
-    full_schedule = info.num_timesteps
-    if full_schedule <= settings.max_steps:  # DDPM runs every timestep: allowed only then
+    choice: dict[str, Any] = {"enum": stepped}
+    variants = [
+        {
+            "properties": {
+                "sampler": _nullable(choice) if stepped_default else choice,
+                "steps": _nullable(steps) if default_fits or not stepped_default else steps,
+                "eta": {"type": "number", "minimum": 0.0, "maximum": 1.0},
+            },
+            "required": ([] if stepped_default else ["sampler"])
+            + ([] if default_fits or not stepped_default else ["steps"]),
+        }
+    ]
+    if info.num_timesteps <= settings.max_steps:  # DDPM runs every timestep: allowed only then
+        ddpm: dict[str, Any] = {"const": "ddpm"}
         variants.append(
             {
                 "properties": {
-                    "sampler": {"const": "ddpm"} if ddim_default else _nullable({"const": "ddpm"}),
+                    "sampler": ddpm if stepped_default else _nullable(ddpm),
                     "steps": _nullable({"type": "integer", "minimum": 1}),  # ignored by DDPM
                     "eta": {"const": 0},
                 },
-                "required": ["sampler"] if ddim_default else [],
+                "required": ["sampler"] if stepped_default else [],
             }
         )
     return variants
