@@ -14,8 +14,10 @@ the storage backend and the settings. `execute` runs the phases a reader would n
 A request with a webhook also queues its `start` and `progress` events (`worker.job_events`);
 the worker queues `completed` once RQ has recorded the outcome. Temp files are removed
 whatever happens. A failure records `{"type", "message"}` in
-`job.meta["error"]` before RQ marks the job failed. A Redis outage while sampling does not
-stop the job: progress and cancel checks are skipped until Redis answers again.
+`job.meta["error"]` before RQ marks the job failed. A Redis outage does not fail the job:
+under `rpg worker` its Redis client waits for Redis to come back (`worker.reconnect`) and the
+job goes on from where it was; with a client that gives up instead, a failed progress write
+or cancel check is logged and skipped.
 """
 
 from __future__ import annotations
