@@ -20,6 +20,7 @@ from service.ratelimit import RateLimiter
 from service.settings import GatewaySettings
 from worker.queue import live_workers, queue_depth, read_job_stats
 from worker.queue.keys import redis_url
+from worker.queue.operations import AsyncSubmitter
 from worker.registry import load_generator_configs
 from worker.storage import Storage, make_storage
 
@@ -35,6 +36,7 @@ class Gateway:
     settings: GatewaySettings
     redis: Redis
     aredis: AsyncRedis  # the same server, for the hot path on the event loop
+    submitter: AsyncSubmitter  # POST /generate's enqueue, on the event loop
     probe: Redis  # fails fast (no retries, short timeouts): /readyz and /metrics
     catalog: Catalog
     keyring: ApiKeyring
@@ -106,6 +108,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         settings=settings,
         redis=client,
         aredis=aclient,
+        submitter=AsyncSubmitter(client, aclient),
         probe=probe,
         catalog=catalog,
         keyring=keyring,

@@ -65,17 +65,31 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _queue_full(exc: QueueFull) -> ProblemError:
+    return ProblemError(
+        503,
+        "queue-full",
+        "Queue full",
+        f"{exc}",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+    )
+
+
 def _enqueue(gateway: Gateway, request: JobRequest) -> JobView:
     try:
         return submit(gateway.redis, request, settings=gateway.settings)
     except QueueFull as exc:
-        raise ProblemError(
-            503,
-            "queue-full",
-            "Queue full",
-            f"{exc}",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
-        ) from None
+        raise _queue_full(exc) from None
+
+
+async def _submit_now(gateway: Gateway, body: GenerateRequest, owner: str | None) -> dict[str, Any]:
+    """Validate and enqueue on the event loop (no Idempotency-Key): the common, hot path."""
+    request = to_job_request(body, catalog=gateway.catalog, settings=gateway.settings, owner=owner)
+    try:
+        view = await gateway.submitter.submit(request, settings=gateway.settings)
+    except QueueFull as exc:
+        raise _queue_full(exc) from None
+    return view.to_dict()  # the view of what was just written
 
 
 def _idempotent_enqueue(
@@ -110,16 +124,12 @@ def _idempotent_enqueue(
     return view.id, False
 
 
-def _submit(
-    gateway: Gateway,
-    body: GenerateRequest,
-    owner: str | None,
-    idempotency_key: str | None,
+def _submit_idempotent(
+    gateway: Gateway, body: GenerateRequest, owner: str | None, idempotency_key: str
 ) -> tuple[dict[str, Any], bool]:
-    """(job dict, replayed): validate, then enqueue (or find the job the key names)."""
+    """(job dict, replayed) for a request with an Idempotency-Key: validate, then enqueue or
+    find the job the key names (blocking Redis calls: run in the thread pool)."""
     request = to_job_request(body, catalog=gateway.catalog, settings=gateway.settings, owner=owner)
-    if idempotency_key is None:
-        return _enqueue(gateway, request).to_dict(), False  # the view of what was just written
     digest = fingerprint(body.model_dump(mode="json"))
     job_id, replayed = _idempotent_enqueue(gateway, request, owner, idempotency_key, digest)
     return find_job(gateway, job_id, owner), replayed
@@ -189,7 +199,12 @@ async def generate(
     The job document echoes the request with every default filled in (seed included), so
     sending that request again reproduces the same weights.
     """
-    job, replayed = await run_in_threadpool(_submit, gateway, body, owner, idempotency_key)
+    if idempotency_key is None:
+        job, replayed = await _submit_now(gateway, body, owner), False
+    else:
+        job, replayed = await run_in_threadpool(
+            _submit_idempotent, gateway, body, owner, idempotency_key
+        )
     response.headers["Location"] = f"/jobs/{job['id']}"
     if replayed:
         response.status_code = 200

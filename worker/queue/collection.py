@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import redis as redis_lib
+import redis.asyncio.client
 
 from worker.errors import JobNotFound
 from worker.queue.keys import cancel_key, utc_now
@@ -60,7 +61,11 @@ def owner_index_key(owner: str | None) -> str:
 
 
 def index_job(
-    pipe: redis_lib.client.Pipeline, owner: str | None, job_id: str, *, settings: Settings
+    pipe: redis_lib.client.Pipeline | redis_lib.asyncio.client.Pipeline,
+    owner: str | None,
+    job_id: str,
+    *,
+    settings: Settings,
 ) -> None:
     """Add a new job to its owner's index (in the enqueue's pipeline) and trim expired ones."""
     now_ms = int(utc_now().timestamp() * 1000)
