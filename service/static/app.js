@@ -161,7 +161,7 @@ function renderJob(job) {
   $("job-progress").value = job.progress || 0;
   const request = job.request || {};
   const seed = (job.result && job.result.seed) ?? request.seed;
-  $("job-detail").textContent = `${request.architecture || ""} · ${request.num_samples || 1} sample(s) · seed ${seed} · ${request.sampler || ""}${request.sampler === "ddim" ? ` ${request.steps} steps` : ""} · ${Math.round(100 * (job.progress || 0))}%`;
+  $("job-detail").textContent = `${request.architecture || ""} · ${request.num_samples || 1} sample(s) · seed ${seed} · ${request.sampler || ""}${request.sampler !== "ddpm" ? ` ${request.steps} steps` : ""} · ${Math.round(100 * (job.progress || 0))}%`;
   $("job-error").hidden = !job.error;
   $("job-error").textContent = job.error ? `${job.error.type}: ${job.error.message}` : "";
   $("cancel").hidden = FINISHED.has(job.status);
