@@ -34,7 +34,7 @@ def matmul_flops_per_second(size: int = 1024, repeats: int = 5) -> float:
 
 def training_rate(zoo_dir: Path, out: Path, *, steps: int, batch_size: int = 8) -> dict[str, Any]:
     """Tokens/s and estimated FLOP/s of tiny-preset training steps on ``zoo_dir`` (CPU)."""
-    from models.backbones import build_backbone
+    from models.backbones import backbone_from_config
     from models.training import TrainConfig, checkpoint_chunk_for, train
 
     options = TrainConfig(
@@ -48,14 +48,7 @@ def training_rate(zoo_dir: Path, out: Path, *, steps: int, batch_size: int = 8) 
     L = generator.tokenizer.num_tokens
     batch = min(batch_size, generator.config["zoo"]["num_checkpoints"])
     with torch.device("meta"):
-        backbone = build_backbone(
-            config.backbone.kind,
-            d_model=config.backbone.d_model,
-            num_layers=config.backbone.num_layers,
-            residual=config.backbone.residual,
-            d_output=config.backbone.d_output,
-            **config.backbone.options,
-        )
+        backbone = backbone_from_config(config.backbone)
     backbone_params = sum(p.numel() for p in backbone.parameters())
     pieces = checkpoint_chunk_for(None, batch, L) is not None
     per_token = (8 if pieces else 6) * backbone_params

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.backbones import Mamba2, build_backbone
+from models.backbones import Mamba2, backbone_from_config
 from models.config import PRESETS, BackboneKind, Preset, RPGConfig
-from models.diffusion import ConvUNetDenoiser
+from models.diffusion import denoiser_from_config
 
 __all__ = ["count_parameters", "official_parameter_count", "preset_parameter_count"]
 
@@ -35,23 +35,8 @@ def count_parameters(config: RPGConfig, num_tokens: int = 1) -> int:
     """
     d = config.backbone.d_model
     with torch.device("meta"):
-        backbone = build_backbone(
-            config.backbone.kind,
-            d_model=d,
-            num_layers=config.backbone.num_layers,
-            residual=config.backbone.residual,
-            d_output=config.backbone.d_output,
-            **config.backbone.options,
-        )
-        denoiser = ConvUNetDenoiser(
-            config.token_size,
-            backbone.d_output,
-            channels=config.denoiser.channels,
-            kernel_size=config.denoiser.kernel_size,
-            time_dim=config.denoiser.time_dim,
-            norm=config.denoiser.norm,
-            cond_projection=config.denoiser.cond_projection,
-        )
+        backbone = backbone_from_config(config.backbone)
+        denoiser = denoiser_from_config(config, backbone.d_output)
     total = _numel(backbone) + _numel(denoiser) + config.num_permutation_states * d
     if config.condition_dim:
         total += config.condition_dim * d + d + d * d + d  # Linear, SiLU, Linear

@@ -45,7 +45,7 @@ def make_plan(
     """The plan as a JSON-safe dict (``rpg plan --json``)."""
     from safetensors.torch import load_file
 
-    from models.backbones import build_backbone
+    from models.backbones import backbone_from_config
     from models.config import PRESETS
     from models.plan import Workload, count_parameters, sample_flops, sample_memory, train_memory
     from models.tokenizer import ParameterTokenizer
@@ -81,14 +81,7 @@ def make_plan(
 
     parameters = count_parameters(config, L)
     with torch.device("meta"):
-        backbone = build_backbone(
-            config.backbone.kind,
-            d_model=config.backbone.d_model,
-            num_layers=config.backbone.num_layers,
-            residual=config.backbone.residual,
-            d_output=config.backbone.d_output,
-            **config.backbone.options,
-        )
+        backbone = backbone_from_config(config.backbone)
     backbone_parameters = sum(p.numel() for p in backbone.parameters())
     train = train_memory(work, parameters)
     sample = sample_memory(work, parameters)

@@ -15,16 +15,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.backbones import build_backbone
+from models.backbones import backbone_from_config
 from models.config import RPGConfig
 from models.diffusion import (
     SAMPLER_FUNCTIONS,
     SAMPLERS,
-    ConvUNetDenoiser,
     NoiseSchedule,
     OnProgress,
     SamplerName,
     ShouldStop,
+    denoiser_from_config,
     diffusion_loss,
 )
 from models.position import PositionEmbedding
@@ -59,23 +59,8 @@ class RPGModel(nn.Module):
                 # A per-token scalar gate computed from the position lets the model learn which
                 # tokens (typically the classifier head) the task should steer.
                 self.condition_gate = nn.Linear(d_model, 1)
-        self.backbone = build_backbone(
-            config.backbone.kind,
-            d_model=d_model,
-            num_layers=config.backbone.num_layers,
-            residual=config.backbone.residual,
-            d_output=config.backbone.d_output,
-            **config.backbone.options,
-        )
-        self.denoiser = ConvUNetDenoiser(
-            config.token_size,
-            self.backbone.d_output,
-            channels=config.denoiser.channels,
-            kernel_size=config.denoiser.kernel_size,
-            time_dim=config.denoiser.time_dim,
-            norm=config.denoiser.norm,
-            cond_projection=config.denoiser.cond_projection,
-        )
+        self.backbone = backbone_from_config(config.backbone)
+        self.denoiser = denoiser_from_config(config, self.backbone.d_output)
         self.schedule = NoiseSchedule(
             config.diffusion.num_timesteps,
             config.diffusion.beta_start,

@@ -30,7 +30,7 @@ from models.backbones.mamba2 import (
 )
 from models.backbones.ssd import ssd_chunked, ssd_recurrent
 from models.backbones.transformer import TransformerOptions, build_transformer
-from models.config import BackboneKind
+from models.config import BackboneConfig, BackboneKind
 
 __all__ = [
     "BACKBONES",
@@ -40,6 +40,7 @@ __all__ = [
     "Mamba2",
     "RMSNormGated",
     "ResidualBlock",
+    "backbone_from_config",
     "build_backbone",
     "ssd_chunked",
     "ssd_recurrent",
@@ -58,6 +59,18 @@ BACKBONES: tuple[str, ...] = tuple(_REGISTRY)
 def _check_kind(kind: str) -> None:
     if kind not in _REGISTRY:
         raise ValueError(f"unknown backbone kind {kind!r}; valid kinds: {', '.join(BACKBONES)}")
+
+
+def backbone_from_config(config: BackboneConfig) -> BackboneStack:
+    """The backbone a saved `BackboneConfig` describes (what `RPGModel` builds)."""
+    return build_backbone(
+        config.kind,
+        d_model=config.d_model,
+        num_layers=config.num_layers,
+        residual=config.residual,
+        d_output=config.d_output,
+        **config.options,
+    )
 
 
 def build_backbone(

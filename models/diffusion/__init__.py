@@ -6,7 +6,7 @@ everything here treats tokens as independent given their prototypes.
 
 from __future__ import annotations
 
-from models.diffusion.denoiser import ConvUNetDenoiser, timestep_embedding
+from models.diffusion.denoiser import ConvUNetDenoiser, denoiser_from_config, timestep_embedding
 from models.diffusion.loss import diffusion_loss
 from models.diffusion.samplers import (
     SAMPLER_FUNCTIONS,
@@ -38,6 +38,7 @@ __all__ = [
     "SolverSpacing",
     "Spacing",
     "ddim_timesteps",
+    "denoiser_from_config",
     "diffusion_loss",
     "extract",
     "logsnr_timesteps",

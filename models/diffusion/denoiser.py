@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from models.config import CondProjection, NormKind
+from models.config import CondProjection, NormKind, RPGConfig
 
-__all__ = ["ConvUNetDenoiser", "timestep_embedding"]
+__all__ = ["ConvUNetDenoiser", "denoiser_from_config", "timestep_embedding"]
 
 
 # The output conv starts at this fraction of PyTorch's default init (see __init__).
@@ -201,3 +201,16 @@ class ConvUNetDenoiser(nn.Module):
             f"token_size={self.token_size}, cond_dim={self.cond_dim}, "
             f"channels={self.channels}, norm={self.norm!r}, cond_projection={self.cond_projection!r}"
         )
+
+
+def denoiser_from_config(config: RPGConfig, cond_dim: int) -> ConvUNetDenoiser:
+    """The denoiser a saved `RPGConfig` describes, for prototypes of `cond_dim` channels."""
+    return ConvUNetDenoiser(
+        config.token_size,
+        cond_dim,
+        channels=config.denoiser.channels,
+        kernel_size=config.denoiser.kernel_size,
+        time_dim=config.denoiser.time_dim,
+        norm=config.denoiser.norm,
+        cond_projection=config.denoiser.cond_projection,
+    )
