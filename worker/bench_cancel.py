@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,8 +20,8 @@ from pathlib import Path
 
 from models.bundle import read_config
 from models.sampler_names import SamplerName
-from worker.queue import JobRequest, cancel, connect, enqueue, get_job, live_workers
-from worker.redis_embedded import stop_embedded_redis
+from worker.bench_latency import local_worker
+from worker.queue import JobRequest, cancel, enqueue, get_job
 from worker.settings import Settings
 
 __all__ = ["main"]
@@ -48,19 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="rpg-cancel-"))
     name = read_config(args.bundle)["name"]
-    env = {**os.environ, "RPG_DATA_DIR": str(data), "RPG_GENERATORS": str(args.bundle)}
-    env.setdefault("RPG_WORKER_CPU_THREADS", "1")
-    env.pop("RPG_REDIS_URL", None)
-    settings = Settings(data_dir=data, redis_url=None, max_steps=1000)
-    connection = connect(settings)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--device", "cpu"], env=env
-    )
-    try:
-        while not live_workers(connection, settings=settings):
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited with {worker.returncode}")
-            time.sleep(0.05)
+    with local_worker(args.bundle, data, max_steps=1000) as (connection, settings, _):
         for sampler, steps in RUNS:
             request = JobRequest(
                 architecture=name, seed=1, sampler=sampler, steps=steps, num_samples=args.samples
@@ -92,10 +78,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{seen[-1]:.4f}, {'only rising' if monotone else 'NOT MONOTONE'}",
                 flush=True,
             )
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        stop_embedded_redis(data)
     return 0
 
 

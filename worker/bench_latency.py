@@ -17,12 +17,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from redis import Redis
 
 from models.bundle import read_config
 from worker.queue import JobRequest, connect, enqueue, get_job, live_workers
 from worker.redis_embedded import stop_embedded_redis
 from worker.settings import Settings
+
+
+@contextmanager
+def local_worker(
+    bundle: Path, data: Path, **settings: Any
+) -> Iterator[tuple[Redis, Settings, float]]:
+    """`rpg worker` (CPU, one torch thread unless RPG_WORKER_CPU_THREADS says otherwise)
+    serving `bundle` on the embedded Redis under `data`: yields (client, settings, seconds
+    until its first heartbeat); stops the worker and the embedded Redis afterwards."""
+    env = {**os.environ, "RPG_DATA_DIR": str(data), "RPG_GENERATORS": str(bundle)}
+    env.setdefault("RPG_WORKER_CPU_THREADS", "1")
+    env.pop("RPG_REDIS_URL", None)
+    config = Settings(data_dir=data, redis_url=None, **settings)
+    connection = connect(config)
+    started = time.perf_counter()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--device", "cpu"], env=env
+    )
+    try:
+        while not live_workers(connection, settings=config):
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.returncode}")
+            time.sleep(0.02)
+        yield connection, config, time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        stop_embedded_redis(data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,27 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="rpg-latency-"))
     name = read_config(args.bundle)["name"]
-    env = {
-        **os.environ,
-        "RPG_DATA_DIR": str(data),
-        "RPG_GENERATORS": str(args.bundle),
-        "RPG_WORKER_CPU_THREADS": "1",
-    }
-    env.pop("RPG_REDIS_URL", None)
-    settings = Settings(data_dir=data, redis_url=None)
-    connection = connect(settings)
-    started = time.perf_counter()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--device", "cpu"], env=env
-    )
-    try:
-        while not live_workers(connection, settings=settings):
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited with {worker.returncode}")
-            time.sleep(0.02)
-        print(
-            f"worker start -> ready (imports, generator load): {time.perf_counter() - started:.2f} s"
-        )
+    with local_worker(args.bundle, data) as (connection, settings, ready_s):
+        print(f"worker start -> ready (imports, generator load): {ready_s:.2f} s")
         for index in range(args.jobs):
             request = JobRequest(architecture=name, seed=index, sampler="ddim", steps=args.steps)
             begin = time.perf_counter()
@@ -75,10 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"({100 * overhead / wall:.1f}% of the wall time); worker timings "
                 f"{json.dumps(timings)}"
             )
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        stop_embedded_redis(data)
     return 0
 
 
