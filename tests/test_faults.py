@@ -95,7 +95,18 @@ def test_batch_survives_worker_kill_redis_restart_and_gateway_restart(
                 documents[job_id] = document
             return True
 
-        wait_until(all_finished, 240, "every job to finish")
+        try:
+            wait_until(all_finished, 240, "every job to finish")
+        except TimeoutError:
+            stuck = {
+                job_id: {
+                    k: (job_document(http, job_id) or {}).get(k)
+                    for k in ("status", "attempts", "progress", "error")
+                }
+                for job_id in ids
+                if job_id not in documents
+            }
+            raise TimeoutError(f"jobs not finished after 240 s: {stuck}") from None
 
         assert len(set(ids)) == NUM_JOBS, "a retried submission queued a second job"
         statuses = {job_id: documents[job_id]["status"] for job_id in ids}
