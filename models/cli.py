@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
         "(default: the preset's: 0.995 for tiny, none for the paper presets; 0: off)",
     )
     train.add_argument("--granularity", choices=["tensor", "channel"], default="tensor")
+    train.add_argument(
+        "--token-weighting",
+        choices=["uniform", "tensor"],
+        help="which tokens the denoiser trains on: uniformly, or an equal share per tensor "
+        "(default: tensor on a conditional zoo, uniform otherwise)",
+    )
     train.add_argument("--num-layers", type=int, default=2, help="backbone layers")
     train.add_argument("--name", help="generator name (default: the zoo's architecture name)")
     train.add_argument(
@@ -136,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
         permutation_states=args.permutation_states,
         condition_mode=args.condition_mode,
         granularity=args.granularity,
+        token_weighting=args.token_weighting,
         ema_decay=args.ema_decay,
         num_layers=args.num_layers,
         name=args.name,

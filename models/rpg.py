@@ -168,6 +168,7 @@ class RPGModel(nn.Module):
         diffusion_batch: int = 512,
         generator: torch.Generator | None = None,
         checkpoint_chunk: int | None = None,
+        token_weights: Tensor | None = None,
     ) -> Tensor:
         """The training loss: masked epsilon MSE on a random subset of `diffusion_batch`
         tokens of the batch (the loss is the forward pass so that DDP wraps the whole step).
@@ -175,13 +176,18 @@ class RPGModel(nn.Module):
         tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
         ``checkpoint_chunk``: compute only the subset's prototypes, in checkpointed pieces
         (``selected_prototypes``); same loss up to float rounding, far less memory.
+        ``token_weights``: (L,) relative odds of each token position being in the subset
+        (drawn without replacement); None draws uniformly.
         """
         x0 = tokens.reshape(-1, tokens.shape[-1])  # (B*L, T)
         idx = None
         if diffusion_batch < x0.shape[0]:
-            idx = torch.randperm(x0.shape[0], device=x0.device, generator=generator)[
-                :diffusion_batch
-            ]
+            if token_weights is None:
+                idx = torch.randperm(x0.shape[0], device=x0.device, generator=generator)
+                idx = idx[:diffusion_batch]
+            else:
+                odds = token_weights.to(x0.device, torch.float32).repeat(tokens.shape[0])
+                idx = torch.multinomial(odds, diffusion_batch, generator=generator)  # (n,)
         if checkpoint_chunk is not None:
             flat_index = torch.arange(x0.shape[0], device=x0.device) if idx is None else idx
             cond = self.selected_prototypes(

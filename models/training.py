@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -33,6 +33,7 @@ from models.config import (
 from models.ema import EMA
 from models.fileio import save_safetensors
 from models.generator import Generator
+from models.heap import keep_freed_memory
 from models.rpg import RPGModel
 from models.tokenizer import Granularity, ParameterTokenizer
 from models.training_data import DEFAULT_RESIDENT_BYTES, ZooTokens, fit_tokenizer
@@ -43,6 +44,8 @@ from models.zoo.store import Zoo, load_zoo
 CHECKPOINT_TOKENS = 4096
 
 STATE_FILE = "training_state.safetensors"
+
+TokenWeighting = Literal["uniform", "tensor"]
 
 
 @dataclass
@@ -70,6 +73,10 @@ class TrainConfig:
     permutation_states: str = "run"  # "run" | "checkpoint"
     condition_mode: ConditionMode = "all"
     granularity: Granularity = "tensor"
+    # Which tokens the denoiser trains on each step: "uniform" over the batch's tokens, or
+    # "tensor": every tensor gets an equal share (token_weights_for). None: "tensor" on a
+    # conditional zoo, "uniform" otherwise (README, "Task-conditioned generation").
+    token_weighting: TokenWeighting | None = None
     num_layers: int = 2
     d_model: int | None = None  # overrides of the preset, for experiments and fast tests
     d_state: int | None = None
@@ -162,6 +169,21 @@ def zoo_conditions(zoo: Zoo) -> Tensor | None:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def token_weights_for(tokenizer: ParameterTokenizer, mode: TokenWeighting) -> Tensor | None:
+    """(L,) odds of each token for the denoiser's batch, or None for uniform.
+
+    "tensor": each tensor's tokens share one equal part, so a tensor of one token (a task
+    head, a bias) is trained on as often as a tensor of hundreds (the shared body).
+    """
+    if mode == "uniform":
+        return None
+    if mode != "tensor":
+        raise ValueError(f"token_weighting must be 'uniform' or 'tensor', got {mode!r}")
+    tensor_of_token = tokenizer.positions()[:, 0]  # (L,)
+    per_tensor = torch.bincount(tensor_of_token).to(torch.float32)  # tokens of each tensor
+    return 1.0 / per_tensor[tensor_of_token]  # (L,)
+
+
 def checkpoint_chunk_for(option: int | None, micro_batch: int, num_tokens: int) -> int | None:
     """Tokens per checkpointed backbone piece: the option, or automatic (None = no pieces).
 
@@ -212,6 +234,7 @@ def _train(
     zoo_path: Path, out: Path, options: TrainConfig, rank: int, distributed: bool
 ) -> TrainResult:
     device = pick_device(options.device)
+    keep_freed_memory()  # every step frees and re-allocates the same activations
     # Held-out checkpoints (tasks kept for evaluation) never reach the generator: every
     # per-checkpoint list below (state dicts, permutation ids, conditions) comes from this view.
     zoo = load_zoo(zoo_path).training_zoo()
@@ -226,6 +249,8 @@ def _train(
     perm = torch.tensor(ids, dtype=torch.long, device=device)  # (N,)
     conds = zoo_conditions(zoo)
     conds = None if conds is None else conds.to(device)  # (N, dim)
+    weighting = options.token_weighting or ("tensor" if conds is not None else "uniform")
+    token_weights = token_weights_for(tokenizer, weighting)
 
     total_steps = options.steps or preset.steps
     lr = options.lr or preset.lr
@@ -260,6 +285,7 @@ def _train(
         zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
     )
     meta["training"]["ema_decay"] = ema_decay or None
+    meta["training"]["token_weighting"] = weighting
     # The bundle holds the averaged weights when EMA is on: those are what sampling uses.
     generator = Generator(ema.model if ema else model, tokenizer, meta)
     use_bf16 = device.type == "cuda"
@@ -284,6 +310,7 @@ def _train(
                     diffusion_batch=max(1, round(diffusion_batch * share)),
                     generator=rng,
                     checkpoint_chunk=chunk,
+                    token_weights=token_weights,
                 )
             (loss if micro == batch_size else loss * share).backward()
             step_loss += float(loss.detach()) * share

@@ -8,16 +8,14 @@ checkpoints. Either way a batch holds the same numbers: ``encode`` is determinis
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from models.heap import release_free_memory
 from models.tokenizer import Granularity, ParameterTokenizer
 
 __all__ = [
@@ -25,33 +23,10 @@ __all__ = [
     "ZooTokens",
     "fit_tokenizer",
     "read_state_dicts",
-    "release_free_memory",
 ]
 
 # Encoded zoos up to this size stay in memory (the digits zoos: ~2 MB; 16 ResNet-18s: 0.7 GB).
 DEFAULT_RESIDENT_BYTES = 256 * 2**20
-
-
-def _load_malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None  # glibc only
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    Reading checkpoints allocates and frees many large blocks; glibc keeps such pages mapped
-    inside its heap, so without this the process's resident memory would keep what reading
-    the zoo once needed, and grow with the number of checkpoints read.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def read_state_dicts(files: Sequence[Path]) -> Iterator[dict[str, Tensor]]:
