@@ -114,6 +114,16 @@ class RPGConfig:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How long and on what batches a preset trains (what `rpg train`'s flags override)."""
+
+    lr: float
+    batch_size: int  # checkpoints per step
+    diffusion_batch: int  # tokens the denoiser trains on per step
+    steps: int
+
+
+@dataclass(frozen=True)
 class Preset:
     """A row of the size-preset table: architecture, training recipe and sampling defaults.
 
@@ -140,6 +150,14 @@ class Preset:
     cond_projection: CondProjection = "per_layer"  # denoiser: per-layer or one shared (official)
     ema_decay: float | None = None  # None: no EMA (official)
     official: str = ""
+    # The recipe on a conditional zoo (one task embedding per checkpoint); None: the same.
+    conditional: Recipe | None = None
+
+    def recipe(self, conditional: bool) -> Recipe:
+        """The training recipe for a conditional or an unconditional zoo."""
+        if conditional and self.conditional is not None:
+            return self.conditional
+        return Recipe(self.lr, self.batch_size, self.diffusion_batch, self.steps)
 
 
 _PAPER_UNET = (1, 32, 64, 128, 64, 32, 1)

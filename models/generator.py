@@ -22,6 +22,7 @@ from torch import Tensor
 from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
 from models.config import RPGConfig
 from models.diffusion.samplers import OnProgress, ShouldStop
+from models.heap import keep_freed_memory
 from models.request_check import check_condition
 from models.rpg import RPGModel
 from models.sampler_names import SamplerName
@@ -202,6 +203,8 @@ class Generator:
         if permutation_state is not None:
             ids.fill_(permutation_state)
         batch_cond = None if cond is None else cond.to(device).expand(num_samples, -1)  # (N, dim)
+        if device.type == "cpu":
+            keep_freed_memory()  # each denoiser step re-allocates the same feature maps
         was_training = self.model.training
         self.model.eval()
         try:

@@ -59,9 +59,10 @@ def make_plan(
     options = TrainConfig(preset=preset, batch_size=batch_size)
     config, preset_name = build_model_config(zoo, probe.num_parameters, options, 1)
     chosen = PRESETS[preset_name]
+    recipe = chosen.recipe(conditional=config.condition_dim > 0)
     tokenizer = ParameterTokenizer.fit([first], token_size=config.token_size)
     L, T, N = tokenizer.num_tokens, config.token_size, len(zoo)
-    batch = min(batch_size or chosen.batch_size, N)
+    batch = min(batch_size or recipe.batch_size, N)
     micro = min(micro_batch or batch, batch)
     steps = 1000 if chosen.sampler == "ddpm" else chosen.sampler_steps
     work = Workload(
@@ -70,7 +71,7 @@ def make_plan(
         config=config,
         batch_size=batch,
         micro_batch=micro,
-        diffusion_batch=chosen.diffusion_batch,
+        diffusion_batch=recipe.diffusion_batch,
         checkpoint_chunk=checkpoint_chunk_for(checkpoint_chunk, micro, L),
         ema=chosen.ema_decay is not None,
         resident=N * L * T * 4 <= DEFAULT_RESIDENT_BYTES,

@@ -176,18 +176,20 @@ class RPGModel(nn.Module):
         tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
         ``checkpoint_chunk``: compute only the subset's prototypes, in checkpointed pieces
         (``selected_prototypes``); same loss up to float rounding, far less memory.
-        ``token_weights``: (L,) relative odds of each token position being in the subset
-        (drawn without replacement); None draws uniformly.
+        ``token_weights``: (L,) relative odds of each token position (``draw_tokens``: with
+        replacement, always drawn); None: a uniform subset, or all tokens if they fit.
         """
         x0 = tokens.reshape(-1, tokens.shape[-1])  # (B*L, T)
         idx = None
-        if diffusion_batch < x0.shape[0]:
-            if token_weights is None:
-                idx = torch.randperm(x0.shape[0], device=x0.device, generator=generator)
-                idx = idx[:diffusion_batch]
-            else:
-                odds = token_weights.to(x0.device, torch.float32).repeat(tokens.shape[0])
-                idx = torch.multinomial(odds, diffusion_batch, generator=generator)  # (n,)
+        if token_weights is not None or diffusion_batch < x0.shape[0]:
+            idx = draw_tokens(
+                tokens.shape[0],
+                tokens.shape[1],
+                diffusion_batch,
+                token_weights,
+                generator,
+                x0.device,
+            )
         if checkpoint_chunk is not None:
             flat_index = torch.arange(x0.shape[0], device=x0.device) if idx is None else idx
             cond = self.selected_prototypes(
@@ -289,6 +291,27 @@ class RPGModel(nn.Module):
                 )
             out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
+
+
+def draw_tokens(
+    num_models: int,
+    length: int,
+    count: int,
+    token_weights: Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Tensor:
+    """``count`` indices into the ``num_models * length`` tokens of a batch: (count,).
+
+    Without ``token_weights``: distinct and uniform. With them (L,): token ``i`` of each
+    model has odds ``token_weights[i]``, drawn with replacement, so a heavily weighted token
+    gets its full share even when the batch holds few copies of it (each draw gets its own
+    timestep and noise in the loss: more diffusion samples of that token, not a duplicate).
+    """
+    if token_weights is None:
+        return torch.randperm(num_models * length, device=device, generator=generator)[:count]
+    odds = token_weights.to(device, torch.float32).repeat(num_models)  # (B*L,)
+    return torch.multinomial(odds, count, replacement=True, generator=generator)
 
 
 class _Autocast:

@@ -252,10 +252,11 @@ def _train(
     weighting = options.token_weighting or ("tensor" if conds is not None else "uniform")
     token_weights = token_weights_for(tokenizer, weighting)
 
-    total_steps = options.steps or preset.steps
-    lr = options.lr or preset.lr
-    batch_size = min(options.batch_size or preset.batch_size, len(data))
-    diffusion_batch = options.diffusion_batch or preset.diffusion_batch
+    recipe = preset.recipe(conditional=conds is not None)
+    total_steps = options.steps or recipe.steps
+    lr = options.lr or recipe.lr
+    batch_size = min(options.batch_size or recipe.batch_size, len(data))
+    diffusion_batch = options.diffusion_batch or recipe.diffusion_batch
     micro = min(options.micro_batch or batch_size, batch_size)
     chunk = checkpoint_chunk_for(options.checkpoint_chunk, micro, tokenizer.num_tokens)
     warmup = (

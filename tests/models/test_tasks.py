@@ -225,6 +225,7 @@ def test_training_is_conditional_and_skips_heldout(
     assert config["condition"]["kind"] == "vector" and config["condition"]["dim"] == 10
     assert config["condition"]["labels"] == [str(c) for c in range(10)]
     assert config["model"]["condition_dim"] == 10
+    assert config["training"]["token_weighting"] == "tensor"  # the default on a conditional zoo
     assert config["zoo"]["num_checkpoints"] == len(training) * 2  # held-out ones never loaded
 
 

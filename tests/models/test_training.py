@@ -10,7 +10,9 @@ import torch
 
 from models.config import PRESETS, RPGConfig, preset_for
 from models.generator import Generator
-from models.training import TrainConfig, cosine_lr, permutation_ids, train
+from models.rpg import draw_tokens
+from models.tokenizer import ParameterTokenizer
+from models.training import TrainConfig, cosine_lr, permutation_ids, token_weights_for, train
 from models.zoo.digits import accuracy, load_digits_split
 from models.zoo.store import load_zoo
 from service.cli import main as rpg
@@ -141,3 +143,43 @@ def test_help_texts(command: list[str], capsys: pytest.CaptureFixture[str]) -> N
         rpg([*command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: rpg" in capsys.readouterr().out
+
+
+def test_tensor_weighting_gives_every_tensor_an_equal_share() -> None:
+    """The task zoo's layout: a 16-token body tensor and three 1-token head tensors."""
+    state = {
+        "fc1.weight": torch.randn(64, 64),
+        "fc1.bias": torch.randn(64),
+        "fc2.weight": torch.randn(2, 64),
+        "fc2.bias": torch.randn(2),
+    }
+    tokenizer = ParameterTokenizer.fit([state], token_size=256)
+    length = tokenizer.num_tokens
+    assert length == 19
+    tensor_of = tokenizer.positions()[:, 0]  # (19,)
+    assert token_weights_for(tokenizer, "uniform") is None
+    weights = token_weights_for(tokenizer, "tensor")
+    assert weights is not None
+    torch.testing.assert_close(torch.zeros(4).index_add_(0, tensor_of, weights), torch.ones(4))
+    with pytest.raises(ValueError, match="token_weighting"):
+        token_weights_for(tokenizer, "by-size")  # type: ignore[arg-type]
+
+    def shares(weights: torch.Tensor | None) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        counts = torch.zeros(4)
+        for _ in range(100):
+            # 8 models x 19 tokens, 64 drawn: more than the batch holds of each head tensor
+            index = draw_tokens(8, length, 64, weights, gen, torch.device("cpu"))
+            assert index.shape == (64,) and int(index.min()) >= 0 and int(index.max()) < 8 * 19
+            counts += torch.bincount(tensor_of[index % length], minlength=4)
+        return counts / counts.sum()
+
+    torch.testing.assert_close(shares(weights), torch.full((4,), 0.25), atol=0.02, rtol=0)
+    uniform = shares(None)  # the body's 16 of 19 tokens dominate
+    assert abs(float(uniform[0]) - 16 / 19) < 0.02 and float(uniform[2]) < 0.08
+
+
+def test_weighting_default_follows_the_zoo(tiny_zoo: Path, tmp_path: Path) -> None:
+    train(tiny_zoo, tmp_path / "b", TrainConfig(steps=2, save_every=0, **FAST))  # type: ignore[arg-type]
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["training"]["token_weighting"] == "uniform"  # unconditional zoo
