@@ -23,6 +23,9 @@ Shapes (b: batch, L: length, h: heads, p: head dim, g: groups, n: state size):
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -81,20 +84,193 @@ def _skip(x: Tensor, D: Tensor) -> Tensor:
     return x * (D.unsqueeze(-1) if D.dim() == 1 else D)
 
 
-def _segsum(x: Tensor) -> Tensor:
-    """Segment sums of ``x`` (..., T): out[..., i, j] = x[j+1] + ... + x[i] for i >= j, else -inf.
+def _decay_floor(dtype: torch.dtype) -> float:
+    """A log-decay just above the log of the smallest normal number of ``dtype``: -86.3 for
+    float32, -707.4 for float64.
 
-    Summing masked copies of ``x`` directly, rather than taking ``cumsum[i] - cumsum[j]``,
-    avoids the cancellation between two large negative numbers that would otherwise turn a
-    long, fast-decaying sequence into garbage (or inf - inf = NaN after exp).
+    Log-decays are clamped here before ``exp``: near and below log(tiny), exp returns a
+    subnormal or 0, and its vectorised CPU kernel takes a slow path that costs 10-100x a normal
+    exp. A decay held at e * tiny (3e-38 in float32) instead of 0 changes nothing at the
+    working precision.
     """
-    T = x.size(-1)
-    # (..., T) -> (..., T, T); entry [i, j] holds x[i] strictly below the diagonal, 0 elsewhere.
-    rows = x.unsqueeze(-1).expand(*x.shape, T)
-    strictly_lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=-1)
-    sums = torch.cumsum(rows.masked_fill(~strictly_lower, 0.0), dim=-2)
-    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=0)
-    return sums.masked_fill(~lower, float("-inf"))
+    return math.log(torch.finfo(dtype).tiny) + 1.0
+
+
+def _exp_decay(log_decay: Tensor) -> Tensor:
+    """``exp`` of log-decays (<= 0), clamped at :func:`_decay_floor` (keeps exp on its fast path)."""
+    return torch.exp(log_decay.clamp(min=_decay_floor(log_decay.dtype)))
+
+
+def _sum_heads(t: Tensor) -> Tensor:
+    """Sum a per-head gradient (b, g, r, ...) over the r heads sharing a group -> (b, g, 1, ...)."""
+    return t.sum(dim=2, keepdim=True)
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked scan on inputs already laid out heads-first, with a hand-written backward.
+
+    Every tensor has the layout (b, g, r, c, q, .): batch, group, head in the group, chunk,
+    step in the chunk. Then every contraction is a batched matmul over contiguous blocks, and
+    the backward needs no more than the forward's own products (autograd's version saved and
+    revisited several (q, q) tensors per head and copied for every einsum).
+
+    ``cs`` is the log-decay from each chunk's start, cumulated in float64: ``cs_l - cs_s`` is
+    then exact to the compute dtype even when both are huge (a fast-decaying chunk), where a
+    float32 difference would be garbage. Its gradient is returned in float64 too.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        dt: Tensor,
+        cs: Tensor,
+        B: Tensor,
+        C: Tensor,
+        init: Tensor,
+        skip: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        # x (b, g, r, c, q, p); dt (b, g, r, c, q); cs (b, g, r, c, q) float64;
+        # B, C (b, g, 1, c, q, n); init (b, g, r, p, n); skip (g, r, 1, 1, 1 or p), the D term.
+        c, q = cs.shape[-2:]
+        dtype = x.dtype
+        xdt = x * dt.unsqueeze(-1)  # (b, g, r, c, q, p)
+
+        # 1. Within each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(cs_l - cs_s) xdt_s. One clamp
+        # masks and floors the log-decays: above the diagonal (s > l) they become 0 (and the
+        # mask on CB zeroes those entries), below it they stop at the floor.
+        lower = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+        lo = torch.zeros(q, q, dtype=dtype, device=x.device).masked_fill_(
+            lower, _decay_floor(dtype)
+        )
+        hi = torch.zeros(q, q, dtype=dtype, device=x.device).masked_fill_(lower, math.inf)
+        # cs_l - cs_s to float32 precision without a float64 (q, q) tensor (whose subtraction
+        # and rounding take 3x as long): split cs = hi + lo into two float32 parts and take the
+        # differences of each. lo holds what rounding cs to hi lost, so the sum of the two
+        # (correctly rounded) differences is the float64 difference to a few float32 ulps.
+        cs_hi = cs.to(dtype)  # (b, g, r, c, q)
+        decay = cs_hi.unsqueeze(-1) - cs_hi.unsqueeze(-2)  # (b, g, r, c, q, q)
+        if dtype != cs.dtype:
+            cs_lo = (cs - cs_hi).to(dtype)  # (b, g, r, c, q)
+            decay.add_(cs_lo.unsqueeze(-1)).sub_(cs_lo.unsqueeze(-2))
+        decay.clamp_(min=lo, max=hi).exp_()
+        CB = torch.matmul(C, B.transpose(-1, -2)).mul_(lower)  # (b, g, 1, c, q, q)
+        scores = decay * CB  # (b, g, r, c, q, q)
+        y = torch.matmul(scores, xdt)  # (b, g, r, c, q, p)
+
+        # 2. The state each chunk builds from its own inputs, as of its last step: B_s
+        # weighted by its decay to the chunk end, exp(cs_last - cs_s), taken in float64.
+        to_end = _exp_decay((cs[..., -1:] - cs).to(dtype))  # (b, g, r, c, q)
+        B_end = B * to_end.unsqueeze(-1)  # (b, g, r, c, q, n)
+        chunk_states = torch.matmul(xdt.transpose(-1, -2), B_end)  # (b, g, r, c, p, n)
+
+        # 3. Pass states across chunk boundaries, one chunk at a time: the state entering
+        # chunk z + 1 is the one entering chunk z, decayed across it, plus chunk z's own.
+        across = _exp_decay(cs[..., -1].to(dtype)).unsqueeze(-1)  # (b, g, r, c, 1)
+        entering = torch.empty_like(chunk_states)  # (b, g, r, c, p, n)
+        state = init  # (b, g, r, p, n)
+        for z in range(c):
+            entering[:, :, :, z] = state
+            state = torch.addcmul(chunk_states[:, :, :, z], state, across[:, :, :, z, None])
+
+        # 4. What the entering state contributes to each step of its chunk: C_l weighted by
+        # the decay from the chunk start, exp(cs_l).
+        from_start = _exp_decay(cs.to(dtype))  # (b, g, r, c, q)
+        C_start = C * from_start.unsqueeze(-1)  # (b, g, r, c, q, n)
+        y.view(-1, q, y.size(-1)).baddbmm_(  # y += C_start @ entering^T, per (b, g, r, c)
+            C_start.view(-1, q, C.size(-1)), entering.view(-1, *entering.shape[-2:]).transpose(1, 2)
+        )
+        if skip is not None:
+            y.addcmul_(x, skip)  # y += D * x
+        ctx.save_for_backward(
+            x,
+            dt,
+            B,
+            C,
+            skip,
+            xdt,
+            decay,
+            scores,
+            lower,
+            to_end,
+            B_end,
+            across,
+            entering,
+            from_start,
+            C_start,
+        )
+        return y, state
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, d_final: Tensor) -> tuple[Tensor | None, ...]:
+        (
+            x,
+            dt,
+            B,
+            C,
+            skip,
+            xdt,
+            decay,
+            scores,
+            lower,
+            to_end,
+            B_end,
+            across,
+            entering,
+            from_start,
+            C_start,
+        ) = ctx.saved_tensors
+        c = entering.size(3)
+        dy = dy.contiguous()  # (b, g, r, c, q, p)
+
+        # 4. y += C_start @ entering^T
+        d_C_start = torch.matmul(dy, entering)  # (b, g, r, c, q, n)
+        d_entering = torch.matmul(dy.transpose(-1, -2), C_start)  # (b, g, r, c, p, n)
+        d_C = _sum_heads(d_C_start * from_start.unsqueeze(-1))  # (b, g, 1, c, q, n)
+        # d from_start, times from_start: the gradient of its log, cs.
+        # The gradients of cs are summed in float64: the cumsum's backward (a reverse cumsum)
+        # cancels most of them against each other, as the forward's cs_l - cs_s would.
+        f64 = torch.float64
+        d_cs = (d_C_start * C).sum(dim=-1, dtype=f64).mul_(from_start)  # (b, g, r, c, q)
+
+        # 3. Run the state passing backwards: d_states[z] is the gradient of the state after
+        # chunk z, which is also that of chunk z's own state.
+        d_states = torch.empty_like(entering)  # (b, g, r, c, p, n)
+        d_state = d_final  # (b, g, r, p, n)
+        for z in reversed(range(c)):
+            d_states[:, :, :, z] = d_state
+            d_state = torch.addcmul(d_entering[:, :, :, z], d_state, across[:, :, :, z, None])
+        d_init = d_state
+        # d across, times across: the gradient of its log, cs_last.
+        d_cs_last = (d_states * entering).sum(dim=(-2, -1), dtype=f64) * across.squeeze(-1)
+
+        # 2. chunk_states = xdt^T @ B_end
+        d_xdt = torch.matmul(B_end, d_states.transpose(-1, -2))  # (b, g, r, c, q, p)
+        d_B_end = torch.matmul(xdt, d_states)  # (b, g, r, c, q, n)
+        d_B = _sum_heads(d_B_end * to_end.unsqueeze(-1))  # (b, g, 1, c, q, n)
+        d_log_to_end = (d_B_end * B).sum(dim=-1, dtype=f64).mul_(to_end)  # (b, g, r, c, q)
+        d_cs -= d_log_to_end
+        d_cs_last += d_log_to_end.sum(dim=-1)
+
+        # 1. y = (decay * CB) @ xdt, decay = exp(cs_l - cs_s).
+        d_scores = torch.matmul(dy, xdt.transpose(-1, -2))  # (b, g, r, c, q, q)
+        d_xdt.view(-1, *xdt.shape[-2:]).baddbmm_(  # d_xdt += scores^T @ dy
+            scores.view(-1, *scores.shape[-2:]).transpose(1, 2), dy.view(-1, *dy.shape[-2:])
+        )
+        d_CB = _sum_heads(d_scores * decay).mul_(lower)  # (b, g, 1, c, q, q)
+        d_B += torch.matmul(d_CB.transpose(-1, -2), C)  # CB = C @ B^T
+        d_C += torch.matmul(d_CB, B)
+        d_log_decay = d_scores.mul_(scores)  # (b, g, r, c, q, q)
+        d_cs += d_log_decay.sum(dim=-1, dtype=f64) - d_log_decay.sum(dim=-2, dtype=f64)
+        d_cs[..., -1] += d_cs_last
+
+        d_x = d_xdt * dt.unsqueeze(-1)  # (b, g, r, c, q, p)
+        d_dt = (d_xdt * x).sum(dim=-1)  # (b, g, r, c, q)
+        d_skip = None
+        if skip is not None:
+            d_x.addcmul_(dy, skip)
+            d_skip = (dy * x).sum_to_size(skip.shape)  # (g, r, 1, 1, 1 or p)
+        return d_x, d_dt, d_cs, d_B, d_C, d_init, d_skip
 
 
 def ssd_chunked(
@@ -130,53 +306,28 @@ def ssd_chunked(
 
     with torch.autocast(device_type=x.device.type, enabled=False):
         x_, dt_, A_, B_, C_ = (t.to(dtype) for t in (x, dt, A, B, C))
-        if pad:
-            x_ = F.pad(x_, (0, 0, 0, 0, 0, pad))  # (b, L, h, p) -> (b, c*q, h, p)
-            dt_ = F.pad(dt_, (0, 0, 0, pad))  # (b, L, h) -> (b, c*q, h)
-            B_ = F.pad(B_, (0, 0, 0, 0, 0, pad))  # (b, L, g, n) -> (b, c*q, g, n)
-            C_ = F.pad(C_, (0, 0, 0, 0, 0, pad))
-        xc = x_.reshape(b, c, q, g, r, p)  # (b, c*q, h, p) -> (b, c, q, g, r, p)
-        dtc = dt_.reshape(b, c, q, g, r)  # (b, c*q, h) -> (b, c, q, g, r)
-        Bc = B_.reshape(b, c, q, g, n)  # (b, c*q, g, n) -> (b, c, q, g, n)
-        Cc = C_.reshape(b, c, q, g, n)
-        # (b, c, q, g, r) -> (b, g, r, c, q): time last, for the cumulative sums.
-        dA = (dtc * A_.reshape(g, r)).permute(0, 3, 4, 1, 2)
-        dA_cumsum = torch.cumsum(dA, dim=-1)  # (b, g, r, c, q): log-decay from chunk start
-        seg = _segsum(dA)  # (b, g, r, c, q, q): log-decay from step s to step l in a chunk
-        xdt = xc * dtc.unsqueeze(-1)  # (b, c, q, g, r, p)
-
-        # 1. Within each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(seg[l, s]) dt_s x_s.
-        CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (b, g, c, q, q)
-        scores = CB.unsqueeze(2) * torch.exp(seg)  # (b, g, r, c, q, q)
-        y_diag = torch.einsum("bgrcls,bcsgrp->bclgrp", scores, xdt)
-
-        # 2. The state each chunk builds from its own inputs, as of its last step. The last
-        # row of seg is the log-decay from each step to the chunk end, computed stably.
-        decay_to_end = torch.exp(seg[..., -1, :])  # (b, g, r, c, q)
-        xdt_decayed = xdt * decay_to_end.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, p)
-        chunk_states = torch.einsum("bcsgn,bcsgrp->bcgrpn", Bc, xdt_decayed)  # (b, c, g, r, p, n)
-
-        # 3. Pass states across chunk boundaries: state entering chunk z is the decayed sum of
-        # the initial state and every earlier chunk's own state.
+        # Heads before time, time padded to whole chunks, contiguous: (b, g, r, c, q, .).
+        xh = F.pad(x_.transpose(1, 2), (0, 0, 0, pad))  # (b, L, h, p) -> (b, h, c*q, p)
+        xh = xh.contiguous().view(b, g, r, c, q, p)
+        dth = F.pad(dt_.transpose(1, 2), (0, pad))  # (b, L, h) -> (b, h, c*q)
+        dth = dth.contiguous().view(b, g, r, c, q)
+        Bg = F.pad(B_.transpose(1, 2), (0, 0, 0, pad))  # (b, L, g, n) -> (b, g, c*q, n)
+        Bg = Bg.contiguous().view(b, g, 1, c, q, n)
+        Cg = F.pad(C_.transpose(1, 2), (0, 0, 0, pad)).contiguous().view(b, g, 1, c, q, n)
         if initial_states is None:
-            init = chunk_states.new_zeros(b, 1, g, r, p, n)
+            init = x_.new_zeros(b, g, r, p, n)
         else:
-            init = initial_states.to(dtype).reshape(
-                b, 1, g, r, p, n
-            )  # (b, h, p, n) -> (b, 1, g, r, p, n)
-        states = torch.cat([init, chunk_states], dim=1)  # (b, c+1, g, r, p, n)
-        chunk_totals = F.pad(dA_cumsum[..., -1], (1, 0))  # (b, g, r, c) -> (b, g, r, c+1)
-        chunk_decay = torch.exp(_segsum(chunk_totals))  # (b, g, r, c+1, c+1)
-        states = torch.einsum("bgrzc,bcgrpn->bzgrpn", chunk_decay, states)  # (b, c+1, g, r, p, n)
-        entering, final_state = states[:, :-1], states[:, -1]
+            init = initial_states.to(dtype).reshape(b, g, r, p, n)  # (b, h, p, n) -> ...
 
-        # 4. What the entering state contributes to each step of its chunk.
-        decay_from_start = torch.exp(dA_cumsum).permute(0, 3, 4, 1, 2)  # (b, c, q, g, r)
-        y_off = torch.einsum("bclgn,bcgrpn->bclgrp", Cc, entering) * decay_from_start.unsqueeze(-1)
+        dA = dth * A_.reshape(g, r, 1, 1)  # (b, g, r, c, q)
+        # Log-decay from the chunk start, in float64 so that its differences are exact.
+        cs = torch.cumsum(dA.to(torch.float64), dim=-1)  # (b, g, r, c, q)
+        # D (h,) or (h, p) -> (g, r, 1, 1, 1 or p), to scale x (b, g, r, c, q, p).
+        skip = None if D is None else D.to(dtype).reshape(g, r, 1, 1, -1)
+        y, final_state = _ChunkedScan.apply(xh, dth, cs, Bg, Cg, init, skip)
 
-        y = (y_diag + y_off).reshape(b, c * q, h, p)[:, :L]  # (b, c, q, g, r, p) -> (b, L, h, p)
-        if D is not None:
-            y = y + _skip(x_[:, :L], D.to(dtype))
+        y = y.reshape(b, h, c * q, p)[:, :, :L].transpose(1, 2)  # -> (b, L, h, p)
+        y = y.contiguous()
         final_state = final_state.reshape(b, h, p, n)  # (b, g, r, p, n) -> (b, h, p, n)
     return y.to(x.dtype), final_state
 
