@@ -32,7 +32,12 @@ def register(subparsers: Any) -> None:
     train.add_argument(
         "--backbone", choices=["mamba", "lstm", "transformer", "gmlp"], default="mamba"
     )
-    train.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    train.add_argument(
+        "--steps",
+        type=int,
+        help="training steps (default: the preset's recipe; conditional zoos have their own: "
+        "README, Task-conditioned generation)",
+    )
     train.add_argument("--token-size", type=int, help="values per token (default: the preset's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.config import PRESETS
 from models.evaluation import EvaluationError
 from models.evaluation_cli import format_task_report
 from models.evaluation_cli import register as register_evaluate
@@ -225,7 +226,12 @@ def test_training_is_conditional_and_skips_heldout(
     assert config["condition"]["kind"] == "vector" and config["condition"]["dim"] == 10
     assert config["condition"]["labels"] == [str(c) for c in range(10)]
     assert config["model"]["condition_dim"] == 10
-    assert config["training"]["token_weighting"] == "tensor"  # the default on a conditional zoo
+    # A conditional zoo's defaults: tensor weighting and the preset's conditional recipe.
+    recipe = PRESETS["tiny"].conditional
+    assert recipe is not None
+    assert config["training"]["token_weighting"] == "tensor"
+    assert config["training"]["lr"] == recipe.lr
+    assert config["training"]["diffusion_batch"] == recipe.diffusion_batch
     assert config["zoo"]["num_checkpoints"] == len(training) * 2  # held-out ones never loaded
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.config import PRESETS, RPGConfig, preset_for
+from models.config import PRESETS, Recipe, RPGConfig, preset_for
 from models.generator import Generator
 from models.rpg import draw_tokens
 from models.tokenizer import ParameterTokenizer
@@ -183,3 +183,13 @@ def test_weighting_default_follows_the_zoo(tiny_zoo: Path, tmp_path: Path) -> No
     train(tiny_zoo, tmp_path / "b", TrainConfig(steps=2, save_every=0, **FAST))  # type: ignore[arg-type]
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["training"]["token_weighting"] == "uniform"  # unconditional zoo
+
+
+def test_conditional_zoos_train_with_the_presets_conditional_recipe() -> None:
+    tiny = PRESETS["tiny"]
+    assert tiny.recipe(conditional=False) == Recipe(
+        lr=4e-3, batch_size=8, diffusion_batch=128, steps=1000
+    )
+    assert tiny.conditional is not None and tiny.recipe(conditional=True) == tiny.conditional
+    # presets without one train the same either way
+    assert PRESETS["base"].recipe(conditional=True) == PRESETS["base"].recipe(conditional=False)
