@@ -147,6 +147,8 @@ def _gib(n: int) -> str:
 
 def _print(plan: dict[str, Any]) -> None:
     train, sample, device = plan["train"], plan["sample"], plan["device"]
+    chunk = train["checkpoint_chunk"]
+    pieces = f"pieces of {chunk} tokens" if chunk else "the whole sequence at once"
     lines = [
         f"zoo:        {plan['zoo']['path']} ({plan['zoo']['num_checkpoints']} checkpoints, "
         f"{plan['zoo']['num_parameters']:,} parameters each)",
@@ -154,7 +156,7 @@ def _print(plan: dict[str, Any]) -> None:
         f"{plan['tokens']['token_size']})",
         f"generator:  {plan['generator_parameters']:,} parameters",
         f"training:   peak {_gib(train['peak_bytes'])} at batch {train['batch_size']} "
-        f"(micro-batch {train['micro_batch']}, pieces of {train['checkpoint_chunk']} tokens)",
+        f"(micro-batch {train['micro_batch']}, {pieces})",
     ]
     for key in (
         "weights_bytes",
