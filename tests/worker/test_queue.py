@@ -19,6 +19,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from models.bundle import read_config
+from tests.conftest import RedisServer
 from worker.errors import GeneratorConfigError, InvalidRequest, JobNotFound, QueueFull
 from worker.queue import (
     JobRequest,
@@ -32,6 +33,8 @@ from worker.queue import (
     queue_name,
     reap_dead_jobs,
 )
+from worker.queue.keys import worker_key
+from worker.queue.reaper import restart_grace_s
 from worker.registry import discover_generators, load_generator_configs
 from worker.runtime import Heartbeat
 from worker.settings import Settings
@@ -224,3 +227,36 @@ def test_discover_generators(
     (tmp_path / "empty").mkdir()
     with pytest.raises(GeneratorConfigError, match="no generator bundles"):
         discover_generators([str(tmp_path / "empty")])
+
+
+def test_no_reaping_right_after_a_redis_restart(
+    tmp_path: Path, make_settings: SettingsFactory
+) -> None:
+    """Heartbeat keys come back from the AOF already expired after an outage longer than their
+    TTL; a live worker's job must not be taken for a dead one's before it can beat again."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    connection = redis.Redis(port=server.port)
+    try:
+        settings = make_settings(redis_url=server.url, heartbeat_interval_s=0.2, job_retries=1)
+        grace = restart_grace_s(settings)
+        time.sleep(grace + 1)  # a server older than the grace
+        job_id = enqueue(connection, request(), settings=settings)
+        Heartbeat(connection, settings, "alive", lambda: {"hostname": "h", "pid": 1}).beat()
+        fake_started(connection, job_id, "alive", attempts=1)
+        server.stop()  # SIGKILL
+        time.sleep(1.0)  # longer than the heartbeat's 0.6 s TTL
+        server.start()
+        assert not connection.exists(worker_key("alive"))  # expired while Redis was down
+        assert reap_dead_jobs(connection, settings=settings) == []  # within the grace
+        view = get_job(connection, job_id, settings=settings)
+        assert view is not None and view.status is JobStatus.RUNNING
+        # A worker that never beats again is dead once the grace is over.
+        time.sleep(grace + 1)
+        assert reap_dead_jobs(connection, settings=settings) == [job_id]
+        view = get_job(connection, job_id, settings=settings)
+        assert view is not None and view.status is JobStatus.QUEUED
+    finally:
+        connection.close()
+        server.stop()

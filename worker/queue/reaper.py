@@ -22,6 +22,7 @@ from rq.serializers import JSONSerializer
 
 from worker.job_events import emit
 from worker.queue.keys import (
+    DEAD_AFTER_BEATS,
     QUEUES_KEY,
     WORKERS_KEY,
     cancel_key,
@@ -33,6 +34,7 @@ from worker.queue.keys import (
 )
 from worker.queue.stats import record_finished
 from worker.queue.views import fetch_job
+from worker.reconnect import MAX_WAIT_S
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -112,9 +114,31 @@ def _reap(connection: redis_lib.Redis, job_id: str, *, settings: Settings) -> bo
         connection.delete(lock)
 
 
+def restart_grace_s(settings: Settings) -> float:
+    """How long after a Redis (re)start missing heartbeats prove nothing: a heartbeat's TTL
+    plus the longest a live worker waits between reconnection attempts."""
+    return DEAD_AFTER_BEATS * settings.heartbeat_interval_s + MAX_WAIT_S
+
+
+def _restarted_recently(connection: redis_lib.Redis, settings: Settings) -> bool:
+    """Redis came up less than `restart_grace_s` ago.
+
+    Heartbeat keys are restored from the AOF with their absolute expiry, so an outage longer
+    than a heartbeat's TTL brings every worker's key back already expired, live workers' too;
+    until each has had the time to beat again, a missing key is no sign of a dead worker.
+    """
+    try:
+        uptime = float(connection.info("server")["uptime_in_seconds"])
+    except (redis_lib.ResponseError, KeyError, TypeError, ValueError):
+        return False  # INFO unavailable (some hosted Redis): reap as before
+    return uptime < restart_grace_s(settings)
+
+
 def reap_dead_jobs(connection: redis_lib.Redis, *, settings: Settings) -> list[str]:
     """Re-queue or fail every running job whose worker stopped heart-beating; returns the
-    ids handled."""
+    ids handled. Nothing is reaped right after a Redis restart (`_restarted_recently`)."""
+    if _restarted_recently(connection, settings):
+        return []
     handled = []
     for name in members(connection, QUEUES_KEY):
         registry = StartedJobRegistry(name, connection=connection, serializer=JSONSerializer)
