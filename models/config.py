@@ -140,10 +140,7 @@ class Preset:
     channels: tuple[int, ...]
     sampler: SamplerName  # the bundle's default sampler and steps
     sampler_steps: int
-    lr: float
-    batch_size: int
-    diffusion_batch: int
-    steps: int
+    training: Recipe  # the training recipe (on a conditional zoo: `conditional`, if set)
     max_params: int | None  # upper bound of the preset's target range; None = unbounded
     residual: bool = True  # pre-norm residual blocks around the mixers (ours) or bare (official)
     d_output: int | None = None  # the last backbone layer's width (official "post_d_model")
@@ -157,7 +154,7 @@ class Preset:
         """The training recipe for a conditional or an unconditional zoo."""
         if conditional and self.conditional is not None:
             return self.conditional
-        return Recipe(self.lr, self.batch_size, self.diffusion_batch, self.steps)
+        return self.training
 
 
 _PAPER_UNET = (1, 32, 64, 128, 64, 32, 1)
@@ -173,8 +170,9 @@ PRESETS: dict[str, Preset] = {
     # "Samplers").
     "tiny": Preset(
         name="tiny", d_model=256, d_state=32, token_size=256, channels=_PAPER_UNET,
-        sampler="dpm-solver++", sampler_steps=8, lr=4e-3, batch_size=8, diffusion_batch=128,
-        steps=1000, max_params=50_000, ema_decay=0.995,
+        sampler="dpm-solver++", sampler_steps=8,
+        training=Recipe(lr=4e-3, batch_size=8, diffusion_batch=128, steps=1000),
+        max_params=50_000, ema_decay=0.995,
         official="workspace/compare/ours_cnnsmall.py",
         # Conditional zoos (the task zoo): 4x the checkpoints and 2x the tokens per step, a
         # lower peak rate, and 6000 steps: 55 min on one core here, the best measured within
@@ -183,20 +181,23 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small", d_model=4096, d_state=128, token_size=4096, channels=_PAPER_UNET,
-        sampler="ddpm", sampler_steps=1000, lr=3e-5, batch_size=4, diffusion_batch=768,
-        steps=50_000, max_params=10_000_000, residual=False, cond_projection="shared",
+        sampler="ddpm", sampler_steps=1000,
+        training=Recipe(lr=3e-5, batch_size=4, diffusion_batch=768, steps=50_000),
+        max_params=10_000_000, residual=False, cond_projection="shared",
         official="workspace/ablation/token_dim/dim_4096.py",
     ),
     "base": Preset(
         name="base", d_model=8192, d_state=128, token_size=8192, channels=_PAPER_UNET,
-        sampler="ddpm", sampler_steps=1000, lr=3e-5, batch_size=8, diffusion_batch=1024,
-        steps=80_000, max_params=50_000_000, residual=False, cond_projection="shared",
+        sampler="ddpm", sampler_steps=1000,
+        training=Recipe(lr=3e-5, batch_size=8, diffusion_batch=1024, steps=80_000),
+        max_params=50_000_000, residual=False, cond_projection="shared",
         official="workspace/main/resnet18_8192.py",
     ),
     "large": Preset(
         name="large", d_model=12288, d_state=128, token_size=16384, channels=(1, 64, 96, 64, 1),
-        sampler="ddim", sampler_steps=60, lr=1e-5, batch_size=2, diffusion_batch=512,
-        steps=120_000, max_params=None, residual=False, d_output=16384,
+        sampler="ddim", sampler_steps=60,
+        training=Recipe(lr=1e-5, batch_size=2, diffusion_batch=512, steps=120_000),
+        max_params=None, residual=False, d_output=16384,
         cond_projection="shared", official="workspace/main/vitbase_16384.py",
     ),
 }  # fmt: skip
