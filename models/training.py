@@ -250,7 +250,8 @@ def _train(
     conds = zoo_conditions(zoo)
     conds = None if conds is None else conds.to(device)  # (N, dim)
     weighting = options.token_weighting or ("tensor" if conds is not None else "uniform")
-    token_weights = token_weights_for(tokenizer, weighting)
+    token_weights = token_weights_for(tokenizer, weighting)  # (L,), once, on the device
+    token_weights = None if token_weights is None else token_weights.to(device)
 
     recipe = preset.recipe(conditional=conds is not None)
     total_steps = options.steps or recipe.steps
