@@ -134,6 +134,17 @@ def format_task_report(report: dict[str, Any]) -> str:
             f"{_num(e['generated']['min']):>7}  {_num(e['trained']['mean']):>7}  "
             f"{_num(e['majority_baseline']):>8}  {_num(e['nearest_task']['mean']):>7}"
         )
+    swapped = report["tasks"]["heldout"].get("with_trained_tensor_mean")
+    if swapped:
+        seen = report["tasks"]["seen"].get("with_trained_tensor_mean") or {}
+        lines += [
+            "",
+            "generated, with one tensor taken from the task's trained model (the tensor that "
+            "recovers most is what the generator gets wrong):",
+            f"{'tensor':<28}  {'held-out':>8}  {'seen':>6}",
+        ]
+        for name, value in swapped.items():
+            lines.append(f"{name:<28}  {_num(value):>8}  {_num(seen.get(name)):>6}")
     return "\n".join(lines)
 
 
@@ -179,6 +190,7 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
             steps=args.steps,
             eta=args.eta,
             seed=args.seed,
+            swap_tensors=args.swap_tensors,
             progress=progress,
         )
     except (ZooError, EvaluationError, ValueError, OSError) as e:
@@ -278,6 +290,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--steps", type=int, default=50, help="--generator: DDIM steps (default: 50)")
     p.add_argument(
         "--eta", type=float, default=0.0, help="--generator: DDIM eta (0: deterministic)"
+    )
+    p.add_argument(
+        "--swap-tensors",
+        action="store_true",
+        help="--generator: also score every generated model once per tensor with that tensor "
+        "taken from the task's trained model, to see which part the generator gets wrong",
     )
     p.add_argument("--device", default="cpu", help="--generator: cpu | cuda | auto")
     p.set_defaults(func=_cmd_evaluate)

@@ -13,6 +13,11 @@ negative), so every set also reports:
   closest in Hamming distance, run on this task; it is what retrieval without a generator
   gets, so a generator beating it on held-out tasks has learned more than a lookup.
 
+With ``swap_tensors``, every generated model is also scored once per tensor with that one
+tensor taken from the task's first trained checkpoint: the tensor whose swap recovers the
+most accuracy is the part of the model the generator gets wrong (on the digits task zoo,
+``fc1.weight``: README, "Task-conditioned generation").
+
 Reports are plain JSON-safe dicts with accuracies as fractions; ``evaluation_cli`` prints them.
 """
 
@@ -178,6 +183,7 @@ def _set_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     trained_bal = [a for e in entries for a in e["trained"]["balanced_accuracy"]]
     nearest = [e["nearest_task"]["mean"] for e in entries if e["nearest_task"]["mean"] is not None]
     gen_mean, trained_mean = mean(gen), mean(trained)
+    swapped = [e["with_trained_tensor"] for e in entries if "with_trained_tensor" in e]
     return {
         "n_tasks": len(entries),
         "n_generated": len(gen),
@@ -192,6 +198,12 @@ def _set_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "majority_baseline_mean": mean([e["majority_baseline"] for e in entries]),
         "nearest_task_mean": mean(nearest),
         "gap": None if gen_mean is None or trained_mean is None else trained_mean - gen_mean,
+        # swap_tensors: mean accuracy with one tensor from the task's trained checkpoint
+        "with_trained_tensor_mean": {
+            name: statistics.fmean(e[name] for e in swapped) for name in swapped[0]
+        }
+        if swapped
+        else None,
         # Tasks whose generated models are no better than always saying the majority class.
         "tasks_at_or_below_majority": sum(
             e["generated"]["mean"] <= e["majority_baseline"] for e in entries
@@ -210,6 +222,7 @@ def evaluate_tasks(
     steps: int = 50,
     eta: float = 0.0,
     seed: int = 0,
+    swap_tensors: bool = False,
     progress: TaskProgress | None = None,
 ) -> dict[str, Any]:
     """The task report of ``generator`` on ``zoo`` (JSON-safe; accuracies are fractions).
@@ -218,8 +231,9 @@ def evaluate_tasks(
     ``samples_per_task`` generated models each (``eta``: DDIM noise, 0 = deterministic).
     Keys: ``tasks`` (``heldout`` and ``seen``, each with ``n_tasks``, ``generated_mean`` /
     ``_median`` / ``_min`` / ``_max``, ``generated_balanced_mean``, ``trained_mean`` / ``_min`` / ``_balanced_mean``,
-    ``majority_baseline_mean``, ``nearest_task_mean``, ``gap``, ``per_task``), ``settings``,
-    ``zoo_path``, ``generator``, ``num_test``.
+    ``majority_baseline_mean``, ``nearest_task_mean``, ``gap``, ``with_trained_tensor_mean``
+    (``swap_tensors`` only, else None), ``per_task``), ``settings``, ``zoo_path``,
+    ``generator``, ``num_test``.
     """
     if samples_per_task < 1 or seen_tasks < 0:
         raise EvaluationError(
@@ -265,6 +279,19 @@ def evaluate_tasks(
         near = _nearest_tasks(task, training)
         near_sds = [load_file(zoo.path / c.file, device="cpu") for t in near for c in t.checkpoints]
         near_acc = _scores(predict(module, near_sds, split.x_test), y_test)[0] if near_sds else []
+        extra: dict[str, Any] = {}
+        if swap_tensors:
+            own = trained_sds[0]
+            extra["with_trained_tensor"] = {
+                name: statistics.fmean(
+                    _scores(
+                        predict(module, [{**g, name: own[name]} for g in generated], split.x_test),
+                        y_test,
+                    )[0]
+                )
+                for name, value in module.state_dict().items()  # the architecture's order
+                if value.is_floating_point()
+            }
         return {
             "task": task.name,
             "mask": list(task.mask),
@@ -293,6 +320,7 @@ def evaluate_tasks(
                 else sum(a != b for a, b in zip(near[0].mask, task.mask, strict=True)),
                 "mean": statistics.fmean(near_acc) if near_acc else None,
             },
+            **extra,
         }
 
     entries: dict[str, list[dict[str, Any]]] = {"heldout": [], "seen": []}
@@ -316,6 +344,7 @@ def evaluate_tasks(
             "steps": steps,
             "eta": eta,
             "seed": seed,
+            "swap_tensors": swap_tensors,
             "accuracy": "fraction of the task's binary test split (digits test images)",
             "majority_baseline": "always predict the majority class of the task's training labels",
             "nearest_task": "trained checkpoints of the closest seen task(s) by Hamming distance",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,42 @@ def test_evaluate_tasks_report(task_zoo: Zoo, task_bundle: Path, split: digits.D
     again = evaluate_tasks(task_zoo, generator, samples_per_task=2, seen_tasks=2, steps=4, seed=1)
     assert again["tasks"] == report["tasks"]  # same seed, same models
     assert "held-out (unseen)" in format_task_report(report)
+    assert held["with_trained_tensor_mean"] is None and "with_trained_tensor" not in e
+
+
+@pytest.mark.slow
+def test_swap_tensors_scores_each_tensor_from_the_trained_model(
+    task_zoo: Zoo, task_bundle: Path, split: digits.DigitsSplit
+) -> None:
+    from models.task_evaluation import _sample_seed, predict
+
+    generator = Generator.from_pretrained(task_bundle)
+    report = evaluate_tasks(
+        task_zoo, generator, samples_per_task=2, seen_tasks=1, steps=4, seed=1, swap_tensors=True
+    )
+    held = report["tasks"]["heldout"]
+    names = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert list(held["with_trained_tensor_mean"]) == names
+    # Recomputed by hand for the first held-out task: its models, one tensor replaced.
+    entry = held["per_task"][0]
+    generated = generator.sample(2, condition=[float(b) for b in entry["mask"]],
+                                 seed=_sample_seed(1, entry["mask"]), sampler="ddim", steps=4)  # fmt: skip
+    own = load_file(task_zoo.path / entry["trained"]["files"][0])
+    module = task_zoo.build_module()
+    labels = tasks.binary_labels(split.y_test, entry["mask"])
+    for name in names:
+        preds = predict(module, [{**g, name: own[name]} for g in generated], split.x_test)
+        expected = float((preds == labels).float().mean())
+        assert entry["with_trained_tensor"][name] == pytest.approx(expected), name
+    # Swapping every tensor in turn is not the trained model: the swaps differ from it and
+    # from each other (this generator is barely trained).
+    assert len(set(entry["with_trained_tensor"].values())) > 1
+    summary = [
+        statistics.fmean(e["with_trained_tensor"][n] for e in held["per_task"]) for n in names
+    ]
+    assert list(held["with_trained_tensor_mean"].values()) == pytest.approx(summary)
+    text = format_task_report(report)
+    assert "with one tensor taken from the task's trained model" in text and "fc1.weight" in text
 
 
 def test_zoo_tasks_groups_by_mask_and_refuses_mixed_flags(task_zoo: Zoo) -> None:
