@@ -122,6 +122,7 @@ def build_model_config(
     d_state = options.d_state or preset.d_state
     backbone_options: dict[str, Any] = {"d_state": d_state} if options.backbone == "mamba" else {}
     condition = zoo.condition or {"kind": "none"}
+    recipe = preset.recipe(conditional=condition.get("kind") == "vector")
     config = RPGConfig(
         token_size=options.token_size or preset.token_size,
         num_permutation_states=num_states,
@@ -137,7 +138,8 @@ def build_model_config(
             d_output=None if options.d_model else preset.d_output,
         ),
         denoiser=DenoiserConfig(
-            channels=options.channels or preset.channels, cond_projection=preset.cond_projection
+            channels=options.channels or recipe.channels or preset.channels,
+            cond_projection=preset.cond_projection,
         ),
     )
     return config, preset_name

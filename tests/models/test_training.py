@@ -193,3 +193,21 @@ def test_conditional_zoos_train_with_the_presets_conditional_recipe() -> None:
     assert tiny.conditional is not None and tiny.recipe(conditional=True) == tiny.conditional
     # presets without one train the same either way
     assert PRESETS["base"].recipe(conditional=True) == PRESETS["base"].recipe(conditional=False)
+
+
+def test_the_conditional_recipe_picks_its_denoiser() -> None:
+    from models.training import build_model_config
+    from models.zoo.store import Zoo
+
+    def zoo(condition: dict[str, object]) -> Zoo:
+        return Zoo(Path("."), None, None, condition, [])
+
+    tiny = PRESETS["tiny"]
+    assert tiny.conditional is not None and tiny.conditional.channels is not None
+    task = {"kind": "vector", "dim": 10}
+    conditional, _ = build_model_config(zoo(task), 4290, TrainConfig(), 1)
+    assert conditional.denoiser.channels == tiny.conditional.channels != tiny.channels
+    plain, _ = build_model_config(zoo({"kind": "none"}), 4290, TrainConfig(), 1)
+    assert plain.denoiser.channels == tiny.channels
+    override, _ = build_model_config(zoo(task), 4290, TrainConfig(channels=(1, 4, 1)), 1)
+    assert override.denoiser.channels == (1, 4, 1)  # an explicit option wins
