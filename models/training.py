@@ -122,11 +122,12 @@ def build_model_config(
     d_state = options.d_state or preset.d_state
     backbone_options: dict[str, Any] = {"d_state": d_state} if options.backbone == "mamba" else {}
     condition = zoo.condition or {"kind": "none"}
-    recipe = preset.recipe(conditional=condition.get("kind") == "vector")
+    conditional = condition.get("kind") == "vector"
+    recipe = preset.recipe(conditional)
     config = RPGConfig(
         token_size=options.token_size or preset.token_size,
         num_permutation_states=num_states,
-        condition_dim=int(condition["dim"]) if condition.get("kind") == "vector" else 0,
+        condition_dim=int(condition["dim"]) if conditional else 0,
         condition_mode=options.condition_mode,
         backbone=BackboneConfig(
             kind=options.backbone,
