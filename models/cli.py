@@ -78,6 +78,13 @@ def register(subparsers: Any) -> None:
         help="which tokens the denoiser trains on: uniformly, or an equal share per tensor "
         "(default: tensor on a conditional zoo, uniform otherwise)",
     )
+    train.add_argument(
+        "--mean-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="regress each token's mean from its prototype and let the denoiser model the "
+        "residual (default: on for a conditional zoo, off otherwise)",
+    )
     train.add_argument("--num-layers", type=int, default=2, help="backbone layers")
     train.add_argument("--name", help="generator name (default: the zoo's architecture name)")
     train.add_argument(
@@ -148,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
         condition_mode=args.condition_mode,
         granularity=args.granularity,
         token_weighting=args.token_weighting,
+        mean_head=args.mean_head,
         ema_decay=args.ema_decay,
         num_layers=args.num_layers,
         name=args.name,

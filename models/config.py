@@ -78,6 +78,9 @@ class RPGConfig:
     num_permutation_states: int = 1
     condition_dim: int = 0
     condition_mode: ConditionMode = "all"
+    # True: a linear head reads each token's mean from its prototype (trained by regression)
+    # and the denoiser models only the residual around it (RPGModel, "mean head").
+    mean_head: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -123,6 +126,7 @@ class Recipe:
     diffusion_batch: int  # tokens the denoiser trains on per step
     steps: int
     channels: tuple[int, ...] | None = None  # the denoiser's widths, if not the preset's
+    mean_head: bool = False  # RPGConfig.mean_head: regress each token's mean, diffuse the rest
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,8 @@ PRESETS: dict[str, Preset] = {
         # the tokens per step: 3x the tokens per second here, and the task lives in how many
         # tokens the denoiser sees (README, "Task-conditioned generation").
         conditional=Recipe(
-            lr=2e-3, batch_size=32, diffusion_batch=1024, steps=4000,
-            channels=(1, 16, 32, 64, 32, 16, 1),
+            lr=2e-3, batch_size=32, diffusion_batch=1024, steps=3000,
+            channels=(1, 16, 32, 64, 32, 16, 1), mean_head=True,
         ),
     ),
     "small": Preset(

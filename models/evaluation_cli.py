@@ -145,6 +145,21 @@ def format_task_report(report: dict[str, Any]) -> str:
         ]
         for name, value in swapped.items():
             lines.append(f"{name:<28}  {_num(value):>8}  {_num(seen.get(name)):>6}")
+    directions = report["tasks"]["heldout"].get("task_direction_mean")
+    if directions:
+        seen_dirs = report["tasks"]["seen"].get("task_direction_mean") or {}
+        lines += [
+            "",
+            "how much of each tensor's task-specific part (trained minus the zoo average) the "
+            "generated tensors reproduce (1 = all, 0 = none):",
+            f"{'tensor':<28}  {'held-out slope':>14}  {'cosine':>6}  {'seen slope':>10}  {'cosine':>6}",
+        ]
+        for name, d in directions.items():
+            other = seen_dirs.get(name) or {}
+            lines.append(
+                f"{name:<28}  {_num(d['slope']):>14}  {_num(d['cosine']):>6}  "
+                f"{_num(other.get('slope')):>10}  {_num(other.get('cosine')):>6}"
+            )
     return "\n".join(lines)
 
 
@@ -295,7 +310,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--swap-tensors",
         action="store_true",
         help="--generator: also score every generated model once per tensor with that tensor "
-        "taken from the task's trained model, to see which part the generator gets wrong",
+        "taken from the task's trained model, to see which part the generator gets wrong, "
+        "and report how much of each tensor's task-specific part it reproduces",
     )
     p.add_argument("--device", default="cpu", help="--generator: cpu | cuda | auto")
     p.set_defaults(func=_cmd_evaluate)

@@ -42,6 +42,8 @@ def count_parameters(config: RPGConfig, num_tokens: int = 1) -> int:
         total += config.condition_dim * d + d + d * d + d  # Linear, SiLU, Linear
         if config.condition_mode == "gate":
             total += d + 1
+    if config.mean_head:
+        total += (backbone.d_output + 1) * config.token_size  # Linear(d_output, token_size)
     if config.position == "learned":
         total += num_tokens * d
     return total

@@ -4,6 +4,13 @@ The recurrent model never sees parameter values. Its input is, for every token, 
 position embedding plus a learned permutation-state embedding plus (optionally) the task
 condition; its output is one "prototype" per token. The denoiser then models each token's
 values given its prototype, so the diffusion part only ever sees one token at a time.
+
+With ``config.mean_head`` a linear head also reads each token's mean straight from its
+prototype, trained by plain regression, and the denoiser models only the residual around that
+mean (regression first, diffusion for what is left, as in Mardani et al. 2023, "Residual
+corrective diffusion"). A diffusion loss teaches the prototypes little about a small part of a
+token that moves with the condition (the digits task zoo's first layer: README,
+"Task-conditioned generation"); a regression loss on the token itself teaches it directly.
 No IO here: bundles and training live elsewhere.
 """
 
@@ -26,6 +33,7 @@ from models.diffusion import (
     ShouldStop,
     denoiser_from_config,
     diffusion_loss,
+    masked_mse,
 )
 from models.position import PositionEmbedding
 
@@ -61,6 +69,12 @@ class RPGModel(nn.Module):
                 self.condition_gate = nn.Linear(d_model, 1)
         self.backbone = backbone_from_config(config.backbone)
         self.denoiser = denoiser_from_config(config, self.backbone.d_output)
+        self.mean_head: nn.Linear | None = None
+        if config.mean_head:
+            # Starts at 0, so the first steps train the denoiser on the tokens themselves.
+            self.mean_head = nn.Linear(self.backbone.d_output, config.token_size)
+            nn.init.zeros_(self.mean_head.weight)
+            nn.init.zeros_(self.mean_head.bias)
         self.schedule = NoiseSchedule(
             config.diffusion.num_timesteps,
             config.diffusion.beta_start,
@@ -171,7 +185,9 @@ class RPGModel(nn.Module):
         token_weights: Tensor | None = None,
     ) -> Tensor:
         """The training loss: masked epsilon MSE on a random subset of `diffusion_batch`
-        tokens of the batch (the loss is the forward pass so that DDP wraps the whole step).
+        tokens of the batch (the loss is the forward pass so that DDP wraps the whole step);
+        with a mean head, plus the head's masked MSE on the same tokens, and the epsilon MSE
+        is taken on the residual.
 
         tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
         ``checkpoint_chunk``: compute only the subset's prototypes, in checkpointed pieces
@@ -202,7 +218,26 @@ class RPGModel(nn.Module):
                 cond = cond[idx]
         if idx is not None:
             x0 = x0[idx]
-        return diffusion_loss(self.denoiser, self.schedule, x0, cond, generator=generator)
+        if self.mean_head is None:
+            return diffusion_loss(self.denoiser, self.schedule, x0, cond, generator=generator)
+        # Regression for the token's mean, diffusion for what is left around it (the
+        # residual is taken against the detached mean, so the two losses do not pull on each
+        # other's target); NaN padding stays NaN in the residual and is masked in both.
+        # The regression is a mean over the batch's tokens whatever the draw favoured: a token
+        # drawn at odds w counts 1 / w (a one-token head drawn as often as a 16-token body
+        # would otherwise outweigh the body 16 to 1).
+        mean = self.mean_head(cond)  # (n, T)
+        weights = None
+        if token_weights is not None and idx is not None:
+            weights = 1.0 / token_weights.to(x0.device)[idx % tokens.shape[1]]  # (n,)
+        regression = masked_mse(mean, x0, weights)
+        # The backbone learns from the regression alone: the denoiser reads the prototypes
+        # detached. Its noisy gradients would otherwise share Adam's step-size estimates with
+        # the regression's small, consistent ones, and slow them down (README).
+        residual = x0 - mean.detach()
+        return regression + diffusion_loss(
+            self.denoiser, self.schedule, residual, cond.detach(), generator=generator
+        )
 
     @torch.inference_mode()
     def sample_tokens(
@@ -289,6 +324,9 @@ class RPGModel(nn.Module):
                     generator=row_generators or None,
                     **options,
                 )
+            if self.mean_head is not None:
+                with autocast():
+                    result = result + self.mean_head(cond_chunk)  # residual + mean: (n, T)
             out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
 

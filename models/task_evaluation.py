@@ -46,6 +46,7 @@ __all__ = [
     "evaluate_tasks",
     "majority_baseline",
     "predict",
+    "task_direction",
     "zoo_tasks",
 ]
 
@@ -141,6 +142,40 @@ def _scores(preds: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
     return accs, [balanced_accuracy(p, y) for p in preds]
 
 
+def task_direction(
+    generated: Sequence[Tensor], trained: Sequence[Tensor], average: Tensor
+) -> dict[str, float]:
+    """How much of a task's own deviation from the zoo average the generated tensors reproduce.
+
+    ``d_t`` = mean of the task's trained tensors minus ``average`` (the mean over training
+    tasks), ``d_g`` = each generated tensor minus ``average``. ``slope`` = <d_g, d_t> / |d_t|^2
+    (1: all of the task-specific part, 0: none, as if the generator ignored the task),
+    ``cosine`` = the cosine of d_g and d_t; both averaged over the generated tensors. Accuracy
+    can hide a tensor that is only the zoo average: this cannot.
+    """
+    own = torch.stack([t.double() for t in trained]).mean(0) - average  # d_t
+    scale = float(own.square().sum())
+    slopes, cosines = [], []
+    for g in generated:
+        dev = g.double() - average  # d_g
+        dot = float((dev * own).sum())
+        norm = float(dev.norm() * own.norm())
+        slopes.append(dot / scale if scale > 0 else 0.0)
+        cosines.append(dot / norm if norm > 0 else 0.0)
+    return {"slope": statistics.fmean(slopes), "cosine": statistics.fmean(cosines)}
+
+
+def _training_average(zoo: Zoo, training: Sequence[Task]) -> dict[str, Tensor]:
+    """float64 mean of every float tensor over the training tasks (one checkpoint each)."""
+    total: dict[str, Tensor] = {}
+    for task in training:
+        state = load_file(zoo.path / task.checkpoints[0].file, device="cpu")
+        for name, value in state.items():
+            if value.is_floating_point():
+                total[name] = total.get(name, 0) + value.double()
+    return {name: value / len(training) for name, value in total.items()}
+
+
 def _sample_seed(seed: int, mask: Sequence[int]) -> int:
     """Sampling seed of a task: the same task gets the same models in every report."""
     value = sum(b << c for c, b in enumerate(mask))
@@ -184,6 +219,7 @@ def _set_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     nearest = [e["nearest_task"]["mean"] for e in entries if e["nearest_task"]["mean"] is not None]
     gen_mean, trained_mean = mean(gen), mean(trained)
     swapped = [e["with_trained_tensor"] for e in entries if "with_trained_tensor" in e]
+    directions = [e["task_direction"] for e in entries if "task_direction" in e]
     return {
         "n_tasks": len(entries),
         "n_generated": len(gen),
@@ -203,6 +239,16 @@ def _set_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
             name: statistics.fmean(e[name] for e in swapped) for name in swapped[0]
         }
         if swapped
+        else None,
+        # swap_tensors: how much of each tensor's task-specific part the generator reproduces
+        "task_direction_mean": {
+            name: {
+                key: statistics.fmean(d[name][key] for d in directions)
+                for key in ("slope", "cosine")
+            }
+            for name in directions[0]
+        }
+        if directions
         else None,
         # Tasks whose generated models are no better than always saying the majority class.
         "tasks_at_or_below_majority": sum(
@@ -259,6 +305,7 @@ def evaluate_tasks(
     except (ValueError, ZooError) as e:
         raise EvaluationError(f"cannot rebuild the tasks of zoo {zoo.path}: {e}") from e
     reference = load_file(zoo.path / tasks[0].checkpoints[0].file, device="cpu")
+    average = _training_average(zoo, training) if swap_tensors else {}
 
     def evaluate(task: Task) -> dict[str, Any]:
         y_test = binary_labels(split.y_test, task.mask)
@@ -291,6 +338,13 @@ def evaluate_tasks(
                 )
                 for name, value in module.state_dict().items()  # the architecture's order
                 if value.is_floating_point()
+            }
+            extra["task_direction"] = {
+                name: task_direction(
+                    [g[name] for g in generated], [t[name] for t in trained_sds], average[name]
+                )
+                for name in module.state_dict()  # the architecture's order
+                if name in average
             }
         return {
             "task": task.name,

@@ -77,6 +77,9 @@ class TrainConfig:
     # "tensor": every tensor gets an equal share (token_weights_for). None: "tensor" on a
     # conditional zoo, "uniform" otherwise (README, "Task-conditioned generation").
     token_weighting: TokenWeighting | None = None
+    # A regression head for each token's mean, with the denoiser modelling the residual
+    # (RPGModel). None: the preset's recipe decides (on for conditional zoos).
+    mean_head: bool | None = None
     num_layers: int = 2
     d_model: int | None = None  # overrides of the preset, for experiments and fast tests
     d_state: int | None = None
@@ -129,6 +132,7 @@ def build_model_config(
         num_permutation_states=num_states,
         condition_dim=int(condition["dim"]) if conditional else 0,
         condition_mode=options.condition_mode,
+        mean_head=recipe.mean_head if options.mean_head is None else options.mean_head,
         backbone=BackboneConfig(
             kind=options.backbone,
             d_model=options.d_model or preset.d_model,

@@ -7,7 +7,7 @@ everything here treats tokens as independent given their prototypes.
 from __future__ import annotations
 
 from models.diffusion.denoiser import ConvUNetDenoiser, denoiser_from_config, timestep_embedding
-from models.diffusion.loss import diffusion_loss
+from models.diffusion.loss import diffusion_loss, masked_mse
 from models.diffusion.samplers import (
     SAMPLER_FUNCTIONS,
     SAMPLERS,
@@ -42,6 +42,7 @@ __all__ = [
     "diffusion_loss",
     "extract",
     "logsnr_timesteps",
+    "masked_mse",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpm_solver_pp",

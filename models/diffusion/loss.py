@@ -9,7 +9,7 @@ from torch import Tensor
 
 from models.diffusion.schedule import NoiseSchedule
 
-__all__ = ["diffusion_loss"]
+__all__ = ["diffusion_loss", "masked_mse"]
 
 
 def diffusion_loss(
@@ -52,8 +52,31 @@ def diffusion_loss(
             f"the denoiser returned shape {tuple(pred.shape)} for input {tuple(x0.shape)}; "
             "it must predict one noise value per token value"
         )
+    return _mean_over(real, pred, noise)
+
+
+def masked_mse(pred: Tensor, target: Tensor, row_weights: Tensor | None = None) -> Tensor:
+    """Mean squared error of `pred` against `target (N, token_size)` over target's non-NaN
+    values (NaN marks padding): a float32 scalar, 0 for an all-padding batch.
+
+    `row_weights (N,)`: each row's values count this many times (a weighted mean).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred has shape {tuple(pred.shape)}, target {tuple(target.shape)}; they must match"
+        )
+    real = ~torch.isnan(target)
+    target = torch.where(real, target, torch.zeros_like(target))
+    if row_weights is None:
+        return _mean_over(real, pred, target)
+    sq_err = (pred.float() - target.float()).square() * real
+    weights = row_weights.float()
+    return (sq_err.sum(dim=1) * weights).sum() / (real.sum(dim=1) * weights).sum().clamp(min=1e-12)
+
+
+def _mean_over(real: Tensor, pred: Tensor, target: Tensor) -> Tensor:
     # float32 even under bf16 autocast: a mean over 10^5..10^7 squared errors.
-    sq_err = (pred.float() - noise.float()).square()
-    sq_err = torch.where(real, sq_err, torch.zeros((), dtype=sq_err.dtype, device=x0.device))
+    sq_err = (pred.float() - target.float()).square()
+    sq_err = torch.where(real, sq_err, torch.zeros((), dtype=sq_err.dtype, device=real.device))
     # The clamp turns an all-padding batch into 0 instead of 0 / 0 (without a host sync).
     return sq_err.sum() / real.sum().clamp(min=1)

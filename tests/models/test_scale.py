@@ -128,8 +128,11 @@ def test_paper_presets_are_within_ten_percent_of_the_official_configuration(name
     assert 0.9 <= ours / official <= 1.1, (name, ours, official)
 
 
-def test_parameter_count_matches_a_built_model() -> None:
-    config = RPGConfig(condition_dim=10, condition_mode="gate", num_permutation_states=3)
+@pytest.mark.parametrize("mean_head", [False, True])
+def test_parameter_count_matches_a_built_model(mean_head: bool) -> None:
+    config = RPGConfig(
+        condition_dim=10, condition_mode="gate", num_permutation_states=3, mean_head=mean_head
+    )
     positions = torch.stack([torch.zeros(5, dtype=torch.long), torch.arange(5)], dim=1)
     model = RPGModel(config, positions)
     assert count_parameters(config, 5) == sum(p.numel() for p in model.parameters())

@@ -24,6 +24,7 @@ from models.task_evaluation import (
     balanced_accuracy,
     evaluate_tasks,
     majority_baseline,
+    task_direction,
     zoo_tasks,
 )
 from models.training import TrainConfig, train
@@ -233,6 +234,7 @@ def test_training_is_conditional_and_skips_heldout(
     assert config["training"]["token_weighting"] == "tensor"
     assert config["training"]["lr"] == recipe.lr
     assert config["training"]["diffusion_batch"] == recipe.diffusion_batch
+    assert config["model"]["mean_head"] is recipe.mean_head is True
     assert config["zoo"]["num_checkpoints"] == len(training) * 2  # held-out ones never loaded
 
 
@@ -304,6 +306,37 @@ def test_swap_tensors_scores_each_tensor_from_the_trained_model(
     assert list(held["with_trained_tensor_mean"].values()) == pytest.approx(summary)
     text = format_task_report(report)
     assert "with one tensor taken from the task's trained model" in text and "fc1.weight" in text
+    # The task direction of every tensor, in the architecture's order, recomputed by hand.
+    assert list(held["task_direction_mean"]) == names
+    training = [t for t in zoo_tasks(task_zoo) if not t.heldout]
+    average = torch.stack(
+        [load_file(task_zoo.path / t.checkpoints[0].file)["fc1.weight"].double() for t in training]
+    ).mean(0)
+    trained = [load_file(task_zoo.path / f)["fc1.weight"] for f in entry["trained"]["files"]]
+    own_dir = torch.stack([t.double() for t in trained]).mean(0) - average
+    slopes = [float(((g["fc1.weight"].double() - average) * own_dir).sum() / own_dir.square().sum())
+              for g in generated]  # fmt: skip
+    assert entry["task_direction"]["fc1.weight"]["slope"] == pytest.approx(statistics.fmean(slopes))
+    assert "task-specific part" in text
+
+
+def test_task_direction_measures_the_share_of_the_task_specific_part() -> None:
+    average = torch.zeros(3, 4, dtype=torch.float64)
+    own = torch.arange(12, dtype=torch.float32).reshape(3, 4) - 5.5  # the task's deviation
+    trained = [own - 0.25, own + 0.25]  # their mean is `own`
+    half = task_direction([own * 0.5], trained, average)
+    assert half["slope"] == pytest.approx(0.5) and half["cosine"] == pytest.approx(1.0)
+    # The zoo average itself reproduces none of it; the opposite deviation is -1.
+    assert task_direction([average.float()], trained, average) == {"slope": 0.0, "cosine": 0.0}
+    opposite = task_direction([-own], trained, average)
+    assert opposite["slope"] == pytest.approx(-1.0) and opposite["cosine"] == pytest.approx(-1.0)
+    # A deviation orthogonal to the task's own: slope and cosine 0, whatever its size.
+    ortho = torch.zeros(3, 4)
+    ortho[0, 0], ortho[0, 1] = own[0, 1], -own[0, 0]
+    assert task_direction([ortho * 10], trained, average)["slope"] == pytest.approx(0.0, abs=1e-12)
+    # Averaged over the generated tensors.
+    both = task_direction([own, average.float()], trained, average)
+    assert both["slope"] == pytest.approx(0.5)
 
 
 def test_zoo_tasks_groups_by_mask_and_refuses_mixed_flags(task_zoo: Zoo) -> None:
@@ -379,3 +412,33 @@ def test_cli_zoo_build_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert len(zoo) == 3 and len(zoo.heldout_checkpoints()) == 1
     assert zoo.provenance["base_accuracy"] > 0.9
     assert all(c.accuracy is not None and c.accuracy > 0.9 for c in zoo.checkpoints)
+
+
+def test_tensor_spread_separates_task_and_checkpoint_variation() -> None:
+    from models.task_zoo_stats import tensor_spread
+
+    # Two tasks of two checkpoints: task means differ by 2 in every value, checkpoints by +-0.5.
+    def sd(v: float) -> dict[str, torch.Tensor]:
+        return {"w": torch.tensor([v, v + 1.0])}
+
+    spread = tensor_spread([[sd(-0.5), sd(0.5)], [sd(1.5), sd(2.5)]], "w")
+    assert spread["tensor_std"] == pytest.approx(0.5)  # each checkpoint: values v, v + 1
+    assert spread["across"] == pytest.approx(2**0.5)  # task means 0 and 2: sample std sqrt(2)
+    assert spread["within"] == pytest.approx(0.5)
+
+
+def test_task_zoo_stats_prints_every_tensor(
+    task_zoo: Zoo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.task_zoo_stats import main
+
+    assert main([str(task_zoo.path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 training tasks, 2 held out" in out
+    for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+        assert out.count(name) == 2
+    # f = 1 is the trained model itself: every row ends with the trained accuracy.
+    trained = out.split("trained models: ")[1].split()[0]
+    table = out.split("with one tensor")[1].splitlines()
+    rows = [line.split() for line in table if line.startswith("fc")]
+    assert len(rows) == 4 and all(row[-1] == trained for row in rows)

@@ -211,3 +211,9 @@ def test_the_conditional_recipe_picks_its_denoiser() -> None:
     assert plain.denoiser.channels == tiny.channels
     override, _ = build_model_config(zoo(task), 4290, TrainConfig(channels=(1, 4, 1)), 1)
     assert override.denoiser.channels == (1, 4, 1)  # an explicit option wins
+    # The mean head: on for a conditional zoo, off otherwise, and an explicit option wins.
+    assert conditional.mean_head and tiny.conditional.mean_head and not plain.mean_head
+    assert not build_model_config(zoo(task), 4290, TrainConfig(mean_head=False), 1)[0].mean_head
+    assert build_model_config(zoo({"kind": "none"}), 4290, TrainConfig(mean_head=True), 1)[
+        0
+    ].mean_head
