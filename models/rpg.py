@@ -325,8 +325,8 @@ class RPGModel(nn.Module):
                     **options,
                 )
             if self.mean_head is not None:
-                with autocast():
-                    result = result + self.mean_head(cond_chunk)  # residual + mean: (n, T)
+                # in float32 whatever the autocast dtype: the mean is most of a token's value
+                result = result.float() + self.mean_head(cond_chunk)  # residual + mean: (n, T)
             out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
 
