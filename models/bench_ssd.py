@@ -4,8 +4,11 @@
 
 Shapes: the tiny preset's mixer (8 heads of 64 channels, one group, state 32, chunk 64) on a
 training piece (batch 8, 512 steps: forward + backward, and forward alone) and on a whole
-long sequence as sampling runs it (batch 1, 16,384 steps, forward). One thread, freed memory
-kept (``models.heap``). With ``--against``, the other file's ``ssd_chunked`` runs interleaved
+long sequence as sampling runs it (batch 1, 16,384 steps, forward). Two kinds of input:
+"fast" draws dt = softplus(N(0, 1)) and A in [-16, -1] (every chunk of every head forgets
+e^-400: a stress case); "mamba2" takes what a tiny-preset ``Mamba2`` layer at init hands its
+scan for unit-normal layer inputs (dt from its log-uniform dt_bias in [0.001, 0.1], x, B and C
+in the layout its convolution leaves them). One thread, freed memory kept (``models.heap``). With ``--against``, the other file's ``ssd_chunked`` runs interleaved
 with this one on the same inputs, round by round, so a busy machine slows both alike; the
 median of each is printed with the ratio. To compare with an earlier commit:
 ``git show COMMIT:models/backbones/ssd.py > /tmp/ssd_old.py``.
@@ -24,7 +27,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from models.backbones import ssd
+from models.backbones import mamba2, ssd
 from models.heap import keep_freed_memory
 
 Inputs = tuple[torch.Tensor, ...]
@@ -48,6 +51,38 @@ def _inputs(b: int, L: int, h: int = 8, p: int = 64, n: int = 32) -> Inputs:
     C = torch.randn(b, L, 1, n, generator=gen)
     D = torch.ones(h)  # (h,)
     return tuple(t.requires_grad_() for t in (x, dt, A, B, C, D))
+
+
+def _mamba2_inputs(b: int, L: int) -> Inputs:
+    """The scan's inputs as a tiny-preset Mamba2 layer at init produces them."""
+    captured: dict[str, torch.Tensor] = {}
+    original = mamba2.ssd_chunked
+
+    def capture(
+        x: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        chunk_size: int,
+        D: torch.Tensor | None = None,
+        initial_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert D is not None  # Mamba2 always has its skip
+        captured.update(x=x, dt=dt, A=A, B=B, C=C, D=D)
+        return original(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_states)
+
+    torch.manual_seed(0)
+    layer = mamba2.Mamba2(256, d_state=32, chunk_size=64)
+    mamba2.ssd_chunked = capture
+    try:
+        with torch.no_grad():
+            layer(torch.randn(b, L, 256), scan="chunked")
+    finally:
+        mamba2.ssd_chunked = original
+    # clone() keeps each tensor's layout (x, B and C come out of the convolution time-fastest).
+    names = ("x", "dt", "A", "B", "C", "D")
+    return tuple(captured[k].detach().clone().requires_grad_() for k in names)
 
 
 def _call(module: ModuleType, inputs: Inputs, backward: bool) -> Callable[[], None]:
@@ -84,10 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.against:
         versions["other"] = _load(args.against)
     training, sampling = _inputs(8, 512), _inputs(1, 16_384)
+    init_training, init_sampling = _mamba2_inputs(8, 512), _mamba2_inputs(1, 16_384)
     cases = [
-        ("b8 L512 forward+backward", training, True),
-        ("b8 L512 forward", training, False),
-        ("b1 L16384 forward", sampling, False),
+        ("fast b8 L512 fwd+bwd", training, True),
+        ("fast b8 L512 forward", training, False),
+        ("fast b1 L16384 forward", sampling, False),
+        ("mamba2 b8 L512 fwd+bwd", init_training, True),
+        ("mamba2 b8 L512 forward", init_training, False),
+        ("mamba2 b1 L16384 forward", init_sampling, False),
     ]
     for name, inputs, backward in cases:
         times: dict[str, list[float]] = {tag: [] for tag in versions}

@@ -233,3 +233,49 @@ def test_fast_decay_gradients_stay_finite() -> None:
         assert g is not None and torch.isfinite(g).all(), k
         assert g_ref is not None
         torch.testing.assert_close(g.double(), g_ref, atol=2e-4, rtol=2e-4, msg=k)
+
+
+def test_fast_and_slow_heads_in_one_call() -> None:
+    # One head forgets e^-100s within a chunk, the others decay gently, in the same call:
+    # every output and every input's gradient in float32 against the float64 recurrence (groups,
+    # a padded tail, D per channel, an initial state, a loss on both outputs).
+    b, L, h, p, g, n = 2, 70, 4, 3, 2, 4
+    inp = make_inputs(b, L, h, p, g, n, seed=7, dt_scale=1.0)
+    inp["A"] = torch.tensor([-0.3, -60.0, -1.0, -2.5])
+    gen = torch.Generator().manual_seed(8)
+    inp["D"] = torch.randn(h, p, generator=gen)
+    inp["initial_states"] = torch.randn(b, h, p, n, generator=gen)
+    w_y = torch.randn(b, L, h, p, generator=gen, dtype=torch.float64)
+    w_s = torch.randn(b, h, p, n, generator=gen, dtype=torch.float64)
+    outs, grads = [], []
+    for fn, dtype in (
+        (lambda **kw: ssd_chunked(**kw, chunk_size=32), torch.float32),
+        (ssd_recurrent, torch.float64),
+    ):
+        leaves = {k: v.to(dtype).clone().requires_grad_() for k, v in inp.items()}
+        y, state = fn(**leaves)
+        ((y.double() * w_y).sum() + (state.double() * w_s).sum()).backward()
+        outs.append((y.double(), state.double()))
+        grads.append({k: v.grad for k, v in leaves.items()})
+    for got, want in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for k in inp:
+        g_chunked, g_recurrent = grads[0][k], grads[1][k]
+        assert g_chunked is not None and g_recurrent is not None, k
+        torch.testing.assert_close(g_chunked.double(), g_recurrent, atol=1e-4, rtol=1e-4, msg=k)
+
+
+def test_bench_takes_the_inputs_mamba2_hands_its_scan() -> None:
+    from models import bench_ssd
+
+    x, dt, A, B, C, D = bench_ssd._mamba2_inputs(2, 96)
+    assert x.shape == (2, 96, 8, 64) and B.shape == C.shape == (2, 96, 1, 32)
+    assert not x.is_contiguous()  # time-fastest, as the convolution leaves it
+    assert dt.min() > 0 and dt.max() < 1 and (A < 0).all()
+    with torch.no_grad():
+        y, state = ssd_chunked(x, dt, A, B, C, 64, D=D)
+        y_ref, s_ref = ssd_recurrent(
+            x.double(), dt.double(), A.double(), B.double(), C.double(), D=D.double()
+        )
+    torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(state.double(), s_ref, atol=1e-5, rtol=1e-4)
