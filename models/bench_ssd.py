@@ -8,9 +8,10 @@ long sequence as sampling runs it (batch 1, 16,384 steps, forward). Two kinds of
 "fast" draws dt = softplus(N(0, 1)) and A in [-16, -1] (every chunk of every head forgets
 e^-400: a stress case); "mamba2" takes what a tiny-preset ``Mamba2`` layer at init hands its
 scan for unit-normal layer inputs (dt from its log-uniform dt_bias in [0.001, 0.1], x, B and C
-in the layout its convolution leaves them). One thread, freed memory kept (``models.heap``). With ``--against``, the other file's ``ssd_chunked`` runs interleaved
-with this one on the same inputs, round by round, so a busy machine slows both alike; the
-median of each is printed with the ratio. To compare with an earlier commit:
+in the layout its convolution leaves them). One thread, freed memory kept (``models.heap``).
+With ``--against``, the other file's ``ssd_chunked`` runs interleaved with this one on the same
+inputs, round by round, so a busy machine slows both alike; the median of each is printed with
+the ratio. To compare with an earlier commit:
 ``git show COMMIT:models/backbones/ssd.py > /tmp/ssd_old.py``.
 """
 

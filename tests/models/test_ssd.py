@@ -189,19 +189,15 @@ def test_bad_shapes_say_what_to_fix() -> None:
         ssd_chunked(**inp, chunk_size=0)
 
 
-@pytest.mark.parametrize("q", [5, 16, 64])
-def test_float32_gradients_match_float64_recurrent(q: int) -> None:
-    # The chunked scan has a hand-written backward: check every input's gradient, in float32,
-    # against autograd through the float64 recurrence (groups, a padded tail, D per channel,
-    # a given initial state, and a loss on both outputs).
-    b, L, h, p, g, n = 2, 45, 6, 4, 3, 5
-    inp = make_inputs(b, L, h, p, g, n, seed=3, dt_scale=1.0)
-    gen = torch.Generator().manual_seed(4)
-    inp["D"] = torch.randn(h, p, generator=gen)
-    inp["initial_states"] = torch.randn(b, h, p, n, generator=gen)
+def _check_float32_against_float64_recurrent(inp: Inputs, q: int, seed: int) -> None:
+    """Both outputs and every input's gradient (of a random linear loss on both outputs), in
+    float32, against autograd through the float64 recurrence."""
+    b, L, h, p = inp["x"].shape
+    n = inp["B"].shape[-1]
+    gen = torch.Generator().manual_seed(seed)
     w_y = torch.randn(b, L, h, p, generator=gen, dtype=torch.float64)
     w_s = torch.randn(b, h, p, n, generator=gen, dtype=torch.float64)
-    grads = []
+    outs, grads = [], []
     for fn, dtype in (
         (lambda **kw: ssd_chunked(**kw, chunk_size=q), torch.float32),
         (ssd_recurrent, torch.float64),
@@ -209,11 +205,26 @@ def test_float32_gradients_match_float64_recurrent(q: int) -> None:
         leaves = {k: v.to(dtype).clone().requires_grad_() for k, v in inp.items()}
         y, state = fn(**leaves)
         ((y.double() * w_y).sum() + (state.double() * w_s).sum()).backward()
+        outs.append((y.double(), state.double()))
         grads.append({k: v.grad for k, v in leaves.items()})
+    for got, want in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for k in inp:
         g_chunked, g_recurrent = grads[0][k], grads[1][k]
         assert g_chunked is not None and g_recurrent is not None, k
         torch.testing.assert_close(g_chunked.double(), g_recurrent, atol=1e-4, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("q", [5, 16, 64])
+def test_float32_gradients_match_float64_recurrent(q: int) -> None:
+    # The chunked scan has a hand-written backward: groups, a padded tail, D per channel, a
+    # given initial state, and a loss on both outputs.
+    b, L, h, p, g, n = 2, 45, 6, 4, 3, 5
+    inp = make_inputs(b, L, h, p, g, n, seed=3, dt_scale=1.0)
+    gen = torch.Generator().manual_seed(4)
+    inp["D"] = torch.randn(h, p, generator=gen)
+    inp["initial_states"] = torch.randn(b, h, p, n, generator=gen)
+    _check_float32_against_float64_recurrent(inp, q, seed=4)
 
 
 def test_fast_decay_gradients_stay_finite() -> None:
@@ -236,33 +247,15 @@ def test_fast_decay_gradients_stay_finite() -> None:
 
 
 def test_fast_and_slow_heads_in_one_call() -> None:
-    # One head forgets e^-100s within a chunk, the others decay gently, in the same call:
-    # every output and every input's gradient in float32 against the float64 recurrence (groups,
-    # a padded tail, D per channel, an initial state, a loss on both outputs).
+    # One head forgets e^-100s within a chunk, the others decay gently, in the same call (with
+    # groups, a padded tail, D per channel and an initial state).
     b, L, h, p, g, n = 2, 70, 4, 3, 2, 4
     inp = make_inputs(b, L, h, p, g, n, seed=7, dt_scale=1.0)
     inp["A"] = torch.tensor([-0.3, -60.0, -1.0, -2.5])
     gen = torch.Generator().manual_seed(8)
     inp["D"] = torch.randn(h, p, generator=gen)
     inp["initial_states"] = torch.randn(b, h, p, n, generator=gen)
-    w_y = torch.randn(b, L, h, p, generator=gen, dtype=torch.float64)
-    w_s = torch.randn(b, h, p, n, generator=gen, dtype=torch.float64)
-    outs, grads = [], []
-    for fn, dtype in (
-        (lambda **kw: ssd_chunked(**kw, chunk_size=32), torch.float32),
-        (ssd_recurrent, torch.float64),
-    ):
-        leaves = {k: v.to(dtype).clone().requires_grad_() for k, v in inp.items()}
-        y, state = fn(**leaves)
-        ((y.double() * w_y).sum() + (state.double() * w_s).sum()).backward()
-        outs.append((y.double(), state.double()))
-        grads.append({k: v.grad for k, v in leaves.items()})
-    for got, want in zip(outs[0], outs[1], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    for k in inp:
-        g_chunked, g_recurrent = grads[0][k], grads[1][k]
-        assert g_chunked is not None and g_recurrent is not None, k
-        torch.testing.assert_close(g_chunked.double(), g_recurrent, atol=1e-4, rtol=1e-4, msg=k)
+    _check_float32_against_float64_recurrent(inp, 32, seed=9)
 
 
 def test_bench_takes_the_inputs_mamba2_hands_its_scan() -> None:
