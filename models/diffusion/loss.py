@@ -67,16 +67,17 @@ def masked_mse(pred: Tensor, target: Tensor, row_weights: Tensor | None = None) 
         )
     real = ~torch.isnan(target)
     target = torch.where(real, target, torch.zeros_like(target))
-    if row_weights is None:
-        return _mean_over(real, pred, target)
-    sq_err = (pred.float() - target.float()).square() * real
-    weights = row_weights.float()
-    return (sq_err.sum(dim=1) * weights).sum() / (real.sum(dim=1) * weights).sum().clamp(min=1e-12)
+    return _mean_over(real, pred, target, row_weights)
 
 
-def _mean_over(real: Tensor, pred: Tensor, target: Tensor) -> Tensor:
+def _mean_over(
+    real: Tensor, pred: Tensor, target: Tensor, row_weights: Tensor | None = None
+) -> Tensor:
     # float32 even under bf16 autocast: a mean over 10^5..10^7 squared errors.
     sq_err = (pred.float() - target.float()).square()
     sq_err = torch.where(real, sq_err, torch.zeros((), dtype=sq_err.dtype, device=real.device))
-    # The clamp turns an all-padding batch into 0 instead of 0 / 0 (without a host sync).
-    return sq_err.sum() / real.sum().clamp(min=1)
+    # The clamps turn an all-padding batch into 0 instead of 0 / 0 (without a host sync).
+    if row_weights is None:
+        return sq_err.sum() / real.sum().clamp(min=1)
+    weights = row_weights.float().unsqueeze(1)  # (N, 1)
+    return (sq_err * weights).sum() / (real * weights).sum().clamp(min=1e-12)
