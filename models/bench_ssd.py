@@ -7,8 +7,8 @@ training piece (batch 8, 512 steps: forward + backward, and forward alone) and o
 long sequence as sampling runs it (batch 1, 16,384 steps, forward). Two kinds of input:
 "fast" draws dt = softplus(N(0, 1)) and A in [-16, -1] (every chunk of every head forgets
 e^-400: a stress case); "mamba2" takes what a tiny-preset ``Mamba2`` layer at init hands its
-scan for unit-normal layer inputs (dt from its log-uniform dt_bias in [0.001, 0.1], x, B and C
-in the layout its convolution leaves them). One thread, freed memory kept (``models.heap``).
+scan for unit-normal layer inputs (dt from its log-uniform dt_bias in [0.001, 0.1]; x, B and C
+slices of its convolution's output, as the layer passes them). One thread, freed memory kept (``models.heap``).
 With ``--against``, the other file's ``ssd_chunked`` runs interleaved with this one on the same
 inputs, round by round, so a busy machine slows both alike; the median of each is printed with
 the ratio. To compare with an earlier commit:
@@ -81,9 +81,9 @@ def _mamba2_inputs(b: int, L: int) -> Inputs:
             layer(torch.randn(b, L, 256), scan="chunked")
     finally:
         mamba2.ssd_chunked = original
-    # clone() keeps each tensor's layout (x, B and C come out of the convolution time-fastest).
+    # detach() keeps each tensor's layout (x, B and C are slices of the conv output's rows).
     names = ("x", "dt", "A", "B", "C", "D")
-    return tuple(captured[k].detach().clone().requires_grad_() for k in names)
+    return tuple(captured[k].detach().requires_grad_() for k in names)
 
 
 def _call(module: ModuleType, inputs: Inputs, backward: bool) -> Callable[[], None]:

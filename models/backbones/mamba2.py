@@ -206,8 +206,20 @@ class Mamba2(nn.Module):
         L = u.shape[1]
         zxbcdt = self.in_proj(u)  # (b, L, d_in_proj)
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        # Conv1d pads d_conv - 1 on both sides; keeping the first L outputs makes it causal.
-        xBC = self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2)  # (b, L, conv_dim)
+        # The depthwise conv pads d_conv - 1 on both sides; keeping the first L outputs makes it
+        # causal. It runs as a 2-D conv on (b, conv_dim, 1, L) laid out channels last (the
+        # in_proj output as it is), which leaves its output time-major, (b, L, conv_dim), as
+        # the scan reads it: 1.7x faster forward + backward than conv1d and the transposes
+        # around it (README, Training speed).
+        weight = self.conv1d.weight.unsqueeze(2)  # (conv_dim, 1, 1, d_conv)
+        xBC = F.conv2d(
+            xBC.transpose(1, 2).unsqueeze(2),  # (b, conv_dim, 1, L), channels fastest
+            weight,
+            self.conv1d.bias,
+            padding=(0, self.d_conv - 1),
+            groups=self.conv_dim,
+        )
+        xBC = xBC[..., :L].squeeze(2).transpose(1, 2)  # (b, L, conv_dim)
         out, _ = self._scan(xBC, z, dt, scan, None)
         return out
 

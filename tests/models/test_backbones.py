@@ -106,7 +106,9 @@ def test_mamba2_forward_shape_and_causality() -> None:
     u2 = u.clone()
     u2[:, t] += torch.randn(D_MODEL)
     y2 = mixer(u2)
-    torch.testing.assert_close(y2[:, :t], y[:, :t], atol=0, rtol=0)  # the past is untouched
+    # The past is untouched, to float rounding: the scan picks each head's form (factored or
+    # heads-first) from the whole input, so later steps can move earlier outputs by an ulp.
+    torch.testing.assert_close(y2[:, :t], y[:, :t], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(y2[:, t], y[:, t])  # and the change is seen at t
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from models.backbones import ssd
 from models.backbones.ssd import ssd_chunked, ssd_recurrent
 
 Inputs = dict[str, torch.Tensor]
@@ -215,10 +216,16 @@ def _check_float32_against_float64_recurrent(inp: Inputs, q: int, seed: int) -> 
         torch.testing.assert_close(g_chunked.double(), g_recurrent, atol=1e-4, rtol=1e-4, msg=k)
 
 
+@pytest.mark.parametrize("heads_first", [False, True], ids=["auto", "heads_first"])
 @pytest.mark.parametrize("q", [5, 16, 64])
-def test_float32_gradients_match_float64_recurrent(q: int) -> None:
-    # The chunked scan has a hand-written backward: groups, a padded tail, D per channel, a
-    # given initial state, and a loss on both outputs.
+def test_float32_gradients_match_float64_recurrent(
+    q: int, heads_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both forms have a hand-written backward: groups, a padded tail, D per channel, a given
+    # initial state, and a loss on both outputs. (These decays factor; a negative span limit
+    # sends every head heads-first.)
+    if heads_first:
+        monkeypatch.setattr(ssd, "FACTORED_SPAN", -1.0)
     b, L, h, p, g, n = 2, 45, 6, 4, 3, 5
     inp = make_inputs(b, L, h, p, g, n, seed=3, dt_scale=1.0)
     gen = torch.Generator().manual_seed(4)
@@ -263,7 +270,7 @@ def test_bench_takes_the_inputs_mamba2_hands_its_scan() -> None:
 
     x, dt, A, B, C, D = bench_ssd._mamba2_inputs(2, 96)
     assert x.shape == (2, 96, 8, 64) and B.shape == C.shape == (2, 96, 1, 32)
-    assert not x.is_contiguous()  # time-fastest, as the convolution leaves it
+    assert x.stride(-1) == 1 and not x.is_contiguous()  # a slice of the conv output's rows
     assert dt.min() > 0 and dt.max() < 1 and (A < 0).all()
     with torch.no_grad():
         y, state = ssd_chunked(x, dt, A, B, C, 64, D=D)
@@ -272,3 +279,49 @@ def test_bench_takes_the_inputs_mamba2_hands_its_scan() -> None:
         )
     torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(state.double(), s_ref, atol=1e-5, rtol=1e-4)
+
+
+def _record_forms(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record which form each call takes, and for how many heads."""
+    calls: list[tuple[str, int]] = []
+    for name in ("_factored", "_heads_first"):
+        original = getattr(ssd, name)
+
+        def spy(*args: object, _name: str = name, _original: object = original) -> object:
+            x = args[0]
+            assert isinstance(x, torch.Tensor) and callable(_original)
+            calls.append((_name, x.shape[2]))
+            return _original(*args)
+
+        monkeypatch.setattr(ssd, name, spy)
+    return calls
+
+
+def test_each_head_takes_its_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_forms(monkeypatch)
+    inp = make_inputs(2, 70, 4, 3, 2, 4, seed=7, dt_scale=1.0)
+    ssd_chunked(**inp, chunk_size=32)  # gentle decays: all factored, no selection
+    assert calls == [("_factored", 4)]
+    calls.clear()
+    inp["A"] = torch.tensor([-0.3, -60.0, -1.0, -2.5])  # head 1 forgets e^-900 per chunk
+    ssd_chunked(**inp, chunk_size=32)
+    # Heads are chosen by their index in the group: 1 of 2 (heads 1 and 3) go heads-first.
+    assert calls == [("_factored", 2), ("_heads_first", 2)]
+
+
+def test_an_overflowing_factored_scan_is_redone_heads_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A chunk spanning 125 (under the limit of 128) with inputs of 1e12: the factored form's
+    # products reach e^62 * 1e12 * q, past float32's 3.4e38; the heads-first one stays finite.
+    calls = _record_forms(monkeypatch)
+    inp = make_inputs(1, 32, 2, 2, 1, 3, seed=2)
+    inp["dt"] = torch.ones(1, 32, 2)
+    inp["A"] = torch.tensor([-3.9, -3.9])
+    inp["x"] = inp["x"] * 1e12
+    y, state = ssd_chunked(**inp, chunk_size=32)
+    assert [name for name, _ in calls] == ["_factored", "_heads_first"]
+    y_ref, s_ref = ssd_recurrent(**{k: v.double() for k, v in inp.items()})
+    assert torch.isfinite(y).all() and torch.isfinite(state).all()
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e12 * 1e-5)
+    torch.testing.assert_close(state.double(), s_ref, rtol=1e-5, atol=1e12 * 1e-5)
