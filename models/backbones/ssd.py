@@ -13,8 +13,11 @@ Heads are split into ``ngroups`` groups that share ``B`` and ``C`` (head ``i`` r
 ``ssd_recurrent`` runs the recurrence one step at a time: slow, and obviously right.
 ``ssd_chunked`` computes the same outputs in blocks of ``chunk_size`` steps (Dao & Gu 2024,
 "Transformers are SSMs", Sec. 6): inside a block as a masked, attention-like matrix product,
-across blocks through one state per block boundary. Both compute in float32 (float64 stays
-float64) with autocast disabled, because the cumulative decays lose all precision in bf16.
+across blocks through one state per block boundary. It has two forms: heads whose decay over
+a block stays within ``FACTORED_SPAN`` share one matmul per block (``_FactoredScan``), the
+others get one (q, q) block of decays each (``_HeadsFirstScan``). Both compute in float32
+(float64 stays float64) with autocast disabled, because the cumulative decays lose all
+precision in bf16.
 
 Shapes (b: batch, L: length, h: heads, p: head dim, g: groups, n: state size):
     x (b, L, h, p), dt (b, L, h), A (h,), B and C (b, L, g, n), D (h,) or (h, p),
