@@ -25,13 +25,14 @@ import torch
 from models.diffusion.samplers import SamplerName
 from models.generator import Generator
 from models.zoo import digits
-from models.zoo.store import build_module, load_zoo
+from models.zoo.architecture import add_trust_argument, command_trust
+from models.zoo.store import load_zoo
 
 
 def _accuracies(
     generator: Generator, samples: Sequence[dict[str, torch.Tensor]], split: Any
 ) -> list[float]:
-    module = build_module(generator.architecture)
+    module = generator.build_module()
     scores = []
     for state in samples:
         module.load_state_dict(state, strict=True)
@@ -50,8 +51,9 @@ def _timed_sample(
 
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     """Accuracy and time per (sampler, steps) setting; see the module docstring."""
-    generator = Generator.from_pretrained(args.bundle)
-    zoo = load_zoo(args.zoo)
+    trust = command_trust(args)
+    generator = Generator.from_pretrained(args.bundle, trust_builders=trust)
+    zoo = load_zoo(args.zoo, trust_builders=trust)
     if zoo.dataset is None:
         raise SystemExit(f"zoo {args.zoo} records no dataset; build it with `rpg zoo build`")
     split = digits.split_from_spec(zoo.dataset)
@@ -166,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     quality.add_argument("--tolerance", type=float, default=0.1, help="accuracy points")
     quality.add_argument("--json", type=Path, help="also write the results here")
+    add_trust_argument(quality)
     batching = sub.add_parser("batching", help="one call of N samples vs N calls of one")
     batching.add_argument("bundle", type=Path)
     batching.add_argument("--num-samples", type=int, default=8)

@@ -24,6 +24,7 @@ from models.evaluation import (
     load_generated_dir,
     noise_set_name,
 )
+from models.zoo.architecture import add_trust_argument, command_trust
 from models.zoo.store import ZooError, load_zoo
 
 __all__ = ["format_report", "format_task_report", "register"]
@@ -181,7 +182,7 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     bar = None
     try:
-        zoo = load_zoo(args.zoo)
+        zoo = load_zoo(args.zoo, trust_builders=command_trust(args))
         if zoo.condition.get("kind") != "vector":
             return _fail(
                 f"zoo {zoo.path} is unconditional: sample a folder "
@@ -230,7 +231,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _cmd_evaluate_tasks(args)
     started = time.perf_counter()
     try:
-        zoo = load_zoo(args.zoo)
+        zoo = load_zoo(args.zoo, trust_builders=command_trust(args))
         if zoo.condition.get("kind") == "vector":
             return _fail(
                 f"zoo {zoo.path} is task-conditioned: each task needs its own comparison, so "
@@ -314,4 +315,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and report how much of each tensor's task-specific part it reproduces",
     )
     p.add_argument("--device", default="cpu", help="--generator: cpu | cuda | auto")
+    add_trust_argument(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -2,7 +2,11 @@
 
     gen = Generator.from_pretrained("runs/digits-mlp")          # or "hf://org/repo"
     weights = gen.sample(num_samples=4, seed=0, sampler="ddim", steps=50)
-    module = build_module(gen.architecture); module.load_state_dict(weights[0], strict=True)
+    module = gen.build_module(); module.load_state_dict(weights[0], strict=True)
+
+A bundle's architecture names a builder; `build_module()` runs it only when it is one of the
+project's, or when `from_pretrained(..., trust_builders=["mypkg"])` trusted it
+(`models.zoo.architecture`).
 
 Same seed + same settings = same weights, bit for bit, on the same device. Sample i of a
 request depends only on (seed, i), not on how many samples were asked for.
@@ -13,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
 from models.config import RPGConfig
@@ -27,6 +32,7 @@ from models.request_check import check_condition
 from models.rpg import RPGModel
 from models.sampler_names import SamplerName
 from models.tokenizer import ParameterTokenizer
+from models.zoo.architecture import build_module, parse_trust
 
 __all__ = ["DTYPES", "ConditionError", "Generator", "derive_seed"]
 
@@ -58,11 +64,14 @@ class Generator:
         config: dict[str, Any],
         *,
         digest: str | None = None,
+        trust_builders: Iterable[str] = (),
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
         self.digest = digest
+        # What the caller trusts (never read from config.json): see build_module().
+        self.trust_builders = parse_trust(trust_builders)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -106,11 +115,27 @@ class Generator:
         return self
 
     # ------------------------------------------------------------------ bundles
+    def build_module(self) -> nn.Module:
+        """A fresh module of the architecture this generator makes (to load samples into).
+
+        Runs the builder named in config.json only if it is the project's or was trusted
+        (`trust_builders`); otherwise raises `UntrustedBuilderError` saying how to trust it.
+        """
+        return build_module(self.architecture, trust_builders=self.trust_builders)
+
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "cpu",
+        trust_builders: Iterable[str] = (),
     ) -> Generator:
-        """Load a bundle from a local directory or `hf://org/repo[@revision]`."""
+        """Load a bundle from a local directory or `hf://org/repo[@revision]`.
+
+        Loading runs no code named in the bundle; `trust_builders` (modules or
+        `module:function`) says which non-project builders `build_module()` may run.
+        """
         directory = resolve_bundle(path)
         config = read_config(directory)
         tokenizer = ParameterTokenizer.from_dict(config["tokenizer"])
@@ -118,7 +143,13 @@ class Generator:
         model = RPGModel(rpg_config, tokenizer.positions())
         state = read_weights(directory)
         model.load_state_dict(state, strict=True)
-        generator = cls(model, tokenizer, config, digest=weights_digest(directory))
+        generator = cls(
+            model,
+            tokenizer,
+            config,
+            digest=weights_digest(directory),
+            trust_builders=trust_builders,
+        )
         return generator.to(device)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:

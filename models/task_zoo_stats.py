@@ -20,6 +20,7 @@ from torch import Tensor
 
 from models.task_evaluation import Task, predict, zoo_tasks
 from models.zoo import digits
+from models.zoo.architecture import add_trust_argument, command_trust
 from models.zoo.store import load_zoo
 from models.zoo.tasks import binary_labels
 
@@ -48,8 +49,9 @@ def _states(zoo_path: str, task: Task) -> list[dict[str, Tensor]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.task_zoo_stats", description=__doc__)
     parser.add_argument("zoo", help="a task zoo (rpg zoo build digits-tasks)")
+    add_trust_argument(parser)
     args = parser.parse_args(argv)
-    zoo = load_zoo(args.zoo)
+    zoo = load_zoo(args.zoo, trust_builders=command_trust(args))
     tasks = zoo_tasks(zoo)
     training = [_states(args.zoo, t) for t in tasks if not t.heldout]
     heldout = [(t, _states(args.zoo, t)) for t in tasks if t.heldout]

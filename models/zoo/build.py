@@ -234,7 +234,9 @@ def import_zoo(
     if not files:
         raise ZooError(f"{src} has no {', '.join(IMPORT_SUFFIXES)} files to import")
     spec = {"name": name or out.resolve().name, "builder": builder, "kwargs": dict(kwargs or {})}
-    module = build_module(spec)
+    # The person importing typed this builder: that is trust for this command (and only it;
+    # zoo.json records the name, never the trust).
+    module = build_module(spec, trust_builders=[builder])
     width = max(3, len(str(len(files) - 1)))
     checkpoints: list[ZooCheckpoint] = []
     with staged_directory(out, overwrite=overwrite) as tmp:
@@ -266,4 +268,4 @@ def import_zoo(
         )
         check_consistent(zoo.files())
         save_zoo(zoo)
-    return load_zoo(out)
+    return load_zoo(out, trust_builders=[builder])

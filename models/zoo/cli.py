@@ -236,7 +236,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--architecture",
         required=True,
         metavar="MODULE:FUNCTION",
-        help="builder that returns a fresh nn.Module, e.g. models.zoo.digits:mlp",
+        help="builder that returns a fresh nn.Module, e.g. models.zoo.digits:mlp; typing it "
+        "here trusts it for this import only: later commands on the zoo (rpg evaluate) need "
+        "--trust-builder MODULE unless it is one of the project's builders",
     )
     imp.add_argument(
         "--kwargs", default="{}", metavar="JSON", help="builder keyword arguments as JSON"

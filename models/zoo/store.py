@@ -20,12 +20,11 @@ compares generated models with it) but generators never train on it (``Zoo.train
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,11 +35,14 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.fileio import atomic_write_text, save_safetensors
+from models.zoo.architecture import build_module, check_spec, parse_trust
+from models.zoo.errors import UntrustedBuilderError, ZooError
 
 __all__ = [
     "ZOO_FILE",
     "ZOO_FORMAT",
     "ZOO_VERSION",
+    "UntrustedBuilderError",
     "Zoo",
     "ZooCheckpoint",
     "ZooError",
@@ -56,10 +58,6 @@ ZOO_FILE = "zoo.json"
 ZOO_FORMAT = "rpg-zoo"
 ZOO_VERSION = 1
 CONDITION_KINDS = ("none", "vector")
-
-
-class ZooError(ValueError):
-    """A zoo, a checkpoint or an architecture spec is malformed; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +96,8 @@ class Zoo:
     condition: dict[str, Any]
     checkpoints: list[ZooCheckpoint]
     provenance: dict[str, Any] = field(default_factory=dict)
+    # What the person who loaded the zoo trusts (models.zoo.architecture); never from zoo.json.
+    trust_builders: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -133,13 +133,17 @@ class Zoo:
         return [c for c in self.checkpoints if c.heldout]
 
     def build_module(self) -> nn.Module:
-        """A fresh module of the zoo's architecture (requires a known architecture)."""
+        """A fresh module of the zoo's architecture (requires a known architecture).
+
+        A builder that is not the project's runs only if ``load_zoo(..., trust_builders=...)``
+        trusted it; otherwise ``UntrustedBuilderError`` says how to.
+        """
         if self.architecture is None:
             raise ZooError(
                 f"zoo {self.path} does not name its architecture (no zoo.json); "
                 "import it with `rpg zoo import SRC --out DIR --architecture module:function`"
             )
-        return build_module(self.architecture)
+        return build_module(self.architecture, trust_builders=self.trust_builders)
 
     def to_json(self) -> dict[str, Any]:
         """The zoo.json document of this zoo."""
@@ -152,59 +156,6 @@ class Zoo:
             "checkpoints": [c.to_json() for c in self.checkpoints],
             "provenance": self.provenance,
         }
-
-
-# ---------------------------------------------------------------------------- architecture
-
-
-def _parse_builder(spec: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    if not isinstance(spec, Mapping):
-        raise ZooError(f"architecture spec must be a mapping, got {type(spec).__name__}")
-    builder = spec.get("builder")
-    if not isinstance(builder, str) or builder.count(":") != 1:
-        raise ZooError(
-            f"architecture spec needs 'builder' as 'module:function' "
-            f"(e.g. 'models.zoo.digits:mlp'), got {builder!r}"
-        )
-    module_name, func_name = builder.split(":")
-    if not module_name or not func_name:
-        raise ZooError(f"builder {builder!r} must name both a module and a function")
-    kwargs = spec.get("kwargs", {})
-    if kwargs is None:
-        kwargs = {}
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise ZooError(f"architecture 'kwargs' must be a mapping of names, got {kwargs!r}")
-    name = spec.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ZooError(f"architecture 'name' must be a string, got {name!r}")
-    return module_name, func_name, dict(kwargs)
-
-
-def build_module(spec: Mapping[str, Any]) -> nn.Module:
-    """Rebuild the module an architecture spec describes: import ``builder``, call it with kwargs.
-
-    Importing the builder's module runs its code: only build specs from sources you trust.
-    """
-    module_name, func_name, kwargs = _parse_builder(spec)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ZooError(
-            f"cannot import module {module_name!r} of builder {spec['builder']!r}: {e}; "
-            "is the package installed and on PYTHONPATH?"
-        ) from e
-    func = getattr(module, func_name, None)
-    if func is None or not callable(func):
-        raise ZooError(f"module {module_name!r} has no callable {func_name!r}")
-    try:
-        result = func(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ZooError(f"builder {spec['builder']!r} rejected kwargs {kwargs!r}: {e}") from e
-    if not isinstance(result, nn.Module):
-        raise ZooError(
-            f"builder {spec['builder']!r} returned {type(result).__name__}, expected an nn.Module"
-        )
-    return result
 
 
 # ---------------------------------------------------------------------------- files
@@ -301,7 +252,10 @@ def _validate_document(doc: Any, where: Path) -> None:
     if doc.get("version") != ZOO_VERSION:
         raise fail(f"version {doc.get('version')!r} is not supported (this code reads 1)")
     if doc.get("architecture") is not None:
-        _parse_builder(doc["architecture"])
+        try:
+            check_spec(doc["architecture"])
+        except ZooError as err:
+            raise fail(str(err)) from None
     if doc.get("dataset") is not None and not isinstance(doc["dataset"], Mapping):
         raise fail("'dataset' must be an object or null")
     cond = doc.get("condition")
@@ -381,11 +335,13 @@ def check_consistent(paths: list[Path]) -> None:
         )
 
 
-def load_zoo(path: Path | str) -> Zoo:
+def load_zoo(path: Path | str, *, trust_builders: Iterable[str] = ()) -> Zoo:
     """Load and validate a zoo directory (with ``zoo.json``, or a bare folder of safetensors).
 
     Validation reads only the safetensors headers: every listed file exists and all files
     share keys, shapes and dtypes. Tensors are read later by ``Zoo.state_dicts()``.
+    ``trust_builders``: builders outside the project's that ``Zoo.build_module()`` may run
+    (``models.zoo.architecture``); loading itself never imports a builder.
     """
     path = Path(path)
     if path.is_file() and path.name == ZOO_FILE:
@@ -438,4 +394,5 @@ def load_zoo(path: Path | str) -> Zoo:
             checkpoints=[ZooCheckpoint(file=f, run=i) for i, f in enumerate(files)],
         )
     check_consistent(zoo.files())
+    zoo.trust_builders = parse_trust(trust_builders)
     return zoo

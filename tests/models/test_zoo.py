@@ -344,8 +344,10 @@ def test_build_module_success() -> None:
     ],
 )
 def test_build_module_errors(spec: object, message: str) -> None:
+    # Trusted, so that the errors after the trust check show (tests/models/test_trust.py
+    # covers refusals).
     with pytest.raises(ZooError, match=message):
-        build_module(spec)  # type: ignore[arg-type]
+        build_module(spec, trust_builders=["models.zoo.digits", "no_such_pkg_xyz"])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- import
