@@ -7,13 +7,13 @@
 #   docker compose run --rm --entrypoint rpg-gpu-check worker      # inside the worker image
 #   docker/gpu_check.sh --device cpu --train-steps 20              # no GPU: CPU against CPU
 #
-# Every option goes to `python -m models.gpu_check` (see its --help). Set PYTHON to choose
+# Every option goes to `python -m models.bench.gpu_check` (see its --help). Set PYTHON to choose
 # the interpreter.
 set -euo pipefail
 
 if [[ -z "${PYTHON:-}" ]]; then
   repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  if [[ -x "$repo/.venv/bin/python" && -f "$repo/models/gpu_check.py" ]]; then
+  if [[ -x "$repo/.venv/bin/python" && -f "$repo/models/bench/gpu_check.py" ]]; then
     PYTHON="$repo/.venv/bin/python"
     cd "$repo"
   else
@@ -26,4 +26,4 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
 fi
 
-exec "$PYTHON" -m models.gpu_check "$@"
+exec "$PYTHON" -m models.bench.gpu_check "$@"

@@ -1,8 +1,12 @@
 """RPG: recurrent diffusion for neural-network parameter generation, in pure PyTorch.
 
 Public surface: `ParameterTokenizer` (state dict <-> tokens), `Generator` (a trained RPG model
-with its tokenizer and config; `from_pretrained`, `save_pretrained`, `sample`). Training,
-zoos and evaluation live in `models.training`, `models.zoo`, `models.evaluation`.
+with its tokenizer and config; `from_pretrained`, `save_pretrained`, `sample`).
+
+The root holds the pipeline: `tokenizer` (+ `tokenizer_layout`), `position`, `backbones/`,
+`diffusion/`, `rpg` (the network), `generator`, `bundle`, `config`. Sub-packages: `zoo`
+(checkpoints to learn from), `training`, `evaluation`, `cli` (the `rpg` subcommands) and
+`bench` (benchmarks and checks).
 
 The names are imported on first use, so torch-free modules of this package (such as
 `models.request_check`) load without importing torch.

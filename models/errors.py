@@ -1,12 +1,16 @@
 """Named exceptions of the `models` package.
 
 Exception
- └── SamplingStopped   the caller's `should_stop()` returned True during sampling
+ ├── SamplingStopped   the caller's `should_stop()` returned True during sampling
+ └── ValueError
+      └── EvaluationError   inputs to an evaluation are unusable (the message says how to fix)
+
+Zoo errors (`ZooError`, `UntrustedBuilderError`) live in `models.zoo.errors`.
 """
 
 from __future__ import annotations
 
-__all__ = ["SamplingStopped"]
+__all__ = ["EvaluationError", "SamplingStopped"]
 
 
 class SamplingStopped(Exception):
@@ -15,3 +19,7 @@ class SamplingStopped(Exception):
     Raised by the sampling loop itself (checked before every denoiser step), never from a
     callback; nothing was produced, so there is nothing partial to clean up.
     """
+
+
+class EvaluationError(ValueError):
+    """Inputs to an evaluation are unusable; the message says how to fix them."""

@@ -16,20 +16,23 @@ from collections.abc import Sequence
 # tests/service/test_cli_startup.py checks these help lines against the modules' own.
 COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": (
-        "models.zoo.cli",
+        "models.cli.zoo",
         "build, import and inspect model zoos (the training data of generators)",
     ),
-    "train": ("models.cli", "train an RPG generator on a zoo of checkpoints"),
-    "sample": ("models.cli", "generate weights with a trained generator"),
+    "train": ("models.cli.train", "train an RPG generator on a zoo of checkpoints"),
+    "sample": ("models.cli.sample", "generate weights with a trained generator"),
     "evaluate": (
-        "models.evaluation_cli",
+        "models.cli.evaluate",
         "accuracy and novelty of generated models against their zoo",
     ),
     "plan": (
-        "models.plan_cli",
+        "models.cli.plan",
         "size a generator for a zoo before training: parameters, memory, FLOPs",
     ),
-    "bench": ("models.bench", "benchmarks: generated-model quality, training and sampling speed"),
+    "bench": (
+        "models.bench.cli",
+        "benchmarks: generated-model quality, training and sampling speed",
+    ),
     "worker": (
         "worker.cli",
         "run a generation worker (loads its generators once, serves their job queues)",

@@ -1,5 +1,5 @@
 """Fault injection: a batch of jobs across a worker `kill -9`, a Redis restart (SIGKILL, AOF)
-and a gateway restart, all real processes (`service.faultlab`). Every job must end
+and a gateway restart, all real processes (`service.bench.faultlab`). Every job must end
 succeeded, or failed with a reason after its retries; none stuck, none lost, and every
 succeeded job's files download and match their sha256."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.faultlab import Deployment, job_document, submit, wait_until
+from service.bench.faultlab import Deployment, job_document, submit, wait_until
 
 NUM_JOBS = 40
 STEPS = 60  # about half a second per sample on one thread: the batch spans the faults

@@ -11,7 +11,7 @@ the storage backend and the settings. `execute` runs the phases a reader would n
    metadata, floats cast to the request's `dtype`);
 4. upload all files in one `put_many` (one commit on the hub) and return the manifest.
 
-A request with a webhook also queues its `start` and `progress` events (`worker.job_events`);
+A request with a webhook also queues its `start` and `progress` events (`worker.queue.events`);
 the worker queues `completed` once RQ has recorded the outcome. Temp files are removed
 whatever happens. A failure records `{"type", "message"}` in
 `job.meta["error"]` before RQ marks the job failed. A Redis outage does not fail the job:
@@ -39,7 +39,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from worker.errors import InvalidRequest, JobCanceled, JobTimeout, error_type
-from worker.job_events import JobEvents
+from worker.queue.events import JobEvents
 from worker.queue.keys import cancel_key, iso, utc_now
 from worker.queue.stats import record_finished
 from worker.requests import JobRequest, check_job_request

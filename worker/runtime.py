@@ -41,8 +41,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from worker.errors import GeneratorConfigError
-from worker.job_events import emit, wants_webhook
 from worker.jobs import WorkerContext, current_context, install_context
+from worker.queue.events import emit, wants_webhook
 from worker.queue.keys import (
     DEAD_AFTER_BEATS,
     QUEUES_KEY,

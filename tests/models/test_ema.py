@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.ema import EMA
+from models.training.ema import EMA
 
 
 def test_average_follows_the_warmed_up_formula() -> None:

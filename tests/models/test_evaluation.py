@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from models.cli.evaluate import format_report, register
 from models.evaluation import (
     EvaluationError,
     accuracy_summary,
@@ -27,8 +28,7 @@ from models.evaluation import (
     load_generated_dir,
     summary_stats,
 )
-from models.evaluation_cli import format_report, register
-from models.evaluation_plot import plot_accuracy_vs_similarity
+from models.evaluation.plot import plot_accuracy_vs_similarity
 from models.zoo import digits
 from models.zoo.build import build_digits_zoo
 from models.zoo.store import Zoo, load_zoo

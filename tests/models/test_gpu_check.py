@@ -1,4 +1,4 @@
-"""The GPU acceptance check (models/gpu_check.py, docker/gpu_check.sh), run on the CPU."""
+"""The GPU acceptance check (models/bench/gpu_check.py, docker/gpu_check.sh), run on the CPU."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.bench.gpu_check import compare_weights, main
 from models.generator import Generator
-from models.gpu_check import compare_weights, main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -97,7 +97,7 @@ def test_failed_comparison_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A device whose samples drift from the CPU's fails the check (exit 1, ok: false)."""
-    import models.gpu_check as gpu_check
+    import models.bench.gpu_check as gpu_check
 
     original = gpu_check.sample_from_noise
     calls: list[int] = []
@@ -134,4 +134,4 @@ def test_shell_wrapper_runs_the_module() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    assert "models.gpu_check" in done.stdout and "--weight-tol" in done.stdout
+    assert "models.bench.gpu_check" in done.stdout and "--weight-tol" in done.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models.plan_cli import make_plan
+from models.cli.plan import make_plan
 from service.cli import main as rpg
 
 # Runs `rpg train` as its own child and prints that child's peak RSS (KiB on Linux), so the

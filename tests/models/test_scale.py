@@ -14,8 +14,9 @@ from models.generator import Generator
 from models.plan import count_parameters, official_parameter_count, preset_parameter_count
 from models.rpg import RPGModel
 from models.tokenizer import ParameterTokenizer
-from models.training import TrainConfig, checkpoint_chunk_for, train
-from models.training_data import ZooTokens, fit_tokenizer
+from models.training import TrainConfig, train
+from models.training.data import ZooTokens, fit_tokenizer
+from models.training.options import checkpoint_chunk_for
 from models.zoo import digits
 from models.zoo.build import build_digits_zoo
 from models.zoo.resnet import resnet18
@@ -182,7 +183,7 @@ def test_small_resnet_zoo_builds_and_scores(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_scale_small_runs_end_to_end(tmp_path: Path) -> None:
-    from models.bench_scale import run_scale
+    from models.bench.scale import run_scale
 
     report = run_scale(
         tmp_path,

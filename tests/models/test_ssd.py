@@ -266,7 +266,7 @@ def test_fast_and_slow_heads_in_one_call() -> None:
 
 
 def test_bench_takes_the_inputs_mamba2_hands_its_scan() -> None:
-    from models import bench_ssd
+    from models.bench import ssd as bench_ssd
 
     x, dt, A, B, C, D = bench_ssd._mamba2_inputs(2, 96)
     assert x.shape == (2, 96, 8, 64) and B.shape == C.shape == (2, 96, 1, 32)

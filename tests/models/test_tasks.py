@@ -14,22 +14,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.cli.evaluate import format_task_report
+from models.cli.evaluate import register as register_evaluate
+from models.cli.zoo import register as register_zoo
 from models.config import PRESETS
 from models.evaluation import EvaluationError
-from models.evaluation_cli import format_task_report
-from models.evaluation_cli import register as register_evaluate
-from models.generator import Generator
-from models.rpg import RPGModel
-from models.task_evaluation import (
+from models.evaluation.tasks import (
     balanced_accuracy,
     evaluate_tasks,
     majority_baseline,
     task_direction,
     zoo_tasks,
 )
+from models.generator import Generator
+from models.rpg import RPGModel
 from models.training import TrainConfig, train
 from models.zoo import digits, tasks
-from models.zoo.cli import register as register_zoo
 from models.zoo.store import ZOO_FILE, Zoo, ZooCheckpoint, ZooError, load_zoo, save_zoo
 
 SMALL = tasks.TaskRecipe(base=digits.TrainingRecipe(epochs=8), epochs=2)
@@ -277,7 +277,7 @@ def test_evaluate_tasks_report(task_zoo: Zoo, task_bundle: Path, split: digits.D
 def test_swap_tensors_scores_each_tensor_from_the_trained_model(
     task_zoo: Zoo, task_bundle: Path, split: digits.DigitsSplit
 ) -> None:
-    from models.task_evaluation import _sample_seed, predict
+    from models.evaluation.tasks import _sample_seed, predict
 
     generator = Generator.from_pretrained(task_bundle)
     report = evaluate_tasks(
@@ -415,7 +415,7 @@ def test_cli_zoo_build_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_tensor_spread_separates_task_and_checkpoint_variation() -> None:
-    from models.task_zoo_stats import tensor_spread
+    from models.evaluation.task_zoo_stats import tensor_spread
 
     # Two tasks of two checkpoints: task means differ by 2 in every value, checkpoints by +-0.5.
     def sd(v: float) -> dict[str, torch.Tensor]:
@@ -430,7 +430,7 @@ def test_tensor_spread_separates_task_and_checkpoint_variation() -> None:
 def test_task_zoo_stats_prints_every_tensor(
     task_zoo: Zoo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from models.task_zoo_stats import main
+    from models.evaluation.task_zoo_stats import main
 
     assert main([str(task_zoo.path)]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,8 @@ from models.config import PRESETS, Recipe, RPGConfig, preset_for
 from models.generator import Generator
 from models.rpg import draw_tokens
 from models.tokenizer import ParameterTokenizer
-from models.training import TrainConfig, cosine_lr, permutation_ids, token_weights_for, train
+from models.training import train
+from models.training.options import TrainConfig, cosine_lr, permutation_ids, token_weights_for
 from models.zoo.digits import accuracy, load_digits_split
 from models.zoo.store import load_zoo
 from service.cli import main as rpg
@@ -196,7 +197,7 @@ def test_conditional_zoos_train_with_the_presets_conditional_recipe() -> None:
 
 
 def test_the_conditional_recipe_picks_its_denoiser() -> None:
-    from models.training import build_model_config
+    from models.training.options import build_model_config
     from models.zoo.store import Zoo
 
     def zoo(condition: dict[str, object]) -> Zoo:

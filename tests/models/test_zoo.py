@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from models.cli.zoo import register
 from models.zoo import digits
 from models.zoo.build import DIGITS_ARCHITECTURES, build_digits_zoo, import_zoo
-from models.zoo.cli import register
 from models.zoo.store import ZOO_FILE, Zoo, ZooCheckpoint, ZooError, build_module, load_zoo
 
 TINY = digits.TrainingRecipe(epochs=1, lr=3e-3, batch_size=64)

@@ -275,6 +275,6 @@ def test_a_job_failed_by_the_reaper_still_sends_completed(
 
 def test_public_fields_match_the_gateway_schema() -> None:
     from service.schemas import JobPublic
-    from worker.job_events import PUBLIC_FIELDS
+    from worker.queue.events import PUBLIC_FIELDS
 
     assert set(PUBLIC_FIELDS) == set(JobPublic.model_fields)

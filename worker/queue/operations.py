@@ -13,8 +13,8 @@ from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 
 from worker.errors import JobNotFound, QueueFull
-from worker.job_events import emit
 from worker.queue.collection import index_job, owner_index_key
+from worker.queue.events import emit
 from worker.queue.keys import (
     JOB_FUNCTION,
     QUEUES_KEY,
@@ -121,7 +121,7 @@ class AsyncSubmitter:
 
     A worker thread per request costs more than the request's work here: each blocking call
     gives up the GIL and waits up to a switch interval to get it back while the loop runs
-    (`service.bench_stack` measured it). RQ builds the job (its hash is RQ's own `to_dict`,
+    (`service.bench.stack` measured it). RQ builds the job (its hash is RQ's own `to_dict`,
     so workers read it as any RQ job); the commands are the ones `Queue.enqueue_job` sends
     (hash, push, the set of queues), in the same transaction as `submit`'s.
     """

@@ -20,7 +20,7 @@ from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from worker.job_events import emit
+from worker.queue.events import emit
 from worker.queue.keys import (
     DEAD_AFTER_BEATS,
     QUEUES_KEY,

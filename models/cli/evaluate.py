@@ -173,8 +173,8 @@ def _write_json(report: dict[str, Any], target: str) -> None:
 
 
 def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
+    from models.evaluation.tasks import evaluate_tasks
     from models.generator import Generator
-    from models.task_evaluation import evaluate_tasks
     from models.training import pick_device
 
     if args.plot is not None:
@@ -246,7 +246,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         _write_json(report, args.json)
     if args.plot is not None:
-        from models.evaluation_plot import plot_accuracy_vs_similarity
+        from models.evaluation.plot import plot_accuracy_vs_similarity
 
         try:
             written = plot_accuracy_vs_similarity(report, args.plot)

@@ -1,10 +1,10 @@
 """``POST /generate`` of our gateway beside the minimal app of the same stack, under `wrk`.
 
-    python -m service.bench_stack --duration 15 --connections 32
+    python -m service.bench.stack --duration 15 --connections 32
 
 Starts a redis-server on a free port (or uses ``--redis-url``), then, one after the other
 and against that same Redis, our gateway (`rpg serve`, config-only 'digits-mlp' bundle,
-rate and queue limits raised, no worker) and `service.bench_minimal` (FastAPI + pydantic +
+rate and queue limits raised, no worker) and `service.bench.minimal` (FastAPI + pydantic +
 redis-py: one hash write and one list push), each under uvicorn with the same options. `wrk`
 (Debian's package) drives each for ``--duration`` seconds after a short warm-up; the report
 gives requests/s, latency percentiles and our share of the minimal app's throughput and p99.
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.bench_gateway import _free_port, _wait_healthy, _write_config_bundle
+from service.bench.gateway import _free_port, _wait_healthy, _write_config_bundle
 
 __all__ = ["main"]
 
@@ -109,7 +109,7 @@ def _redis_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both servers under wrk and print a JSON report."""
-    parser = argparse.ArgumentParser(prog="python -m service.bench_stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m service.bench.stack", description=__doc__)
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per server")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load before timing")
     parser.add_argument("--connections", type=int, default=32)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         rpg = str(Path(sys.executable).with_name("rpg"))
         servers = {
-            "minimal": [sys.executable, "-m", "uvicorn", "service.bench_minimal:app"],
+            "minimal": [sys.executable, "-m", "uvicorn", "service.bench.minimal:app"],
             "gateway": [rpg, "serve", "--generators", str(bundle), "--log-level", "warning"],
         }
         report: dict[str, Any] = {"connections": args.connections, "seconds": args.duration}

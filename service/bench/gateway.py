@@ -1,6 +1,6 @@
 """Load benchmark of ``POST /generate``: real gateway process, real Redis, real HTTP.
 
-    python -m service.bench_gateway --requests 2000 --concurrency 32
+    python -m service.bench.gateway --requests 2000 --concurrency 32
 
 Starts the embedded Redis (or uses ``--redis-url``) and ``rpg serve`` as a subprocess, then
 sends ``--requests`` generation requests from ``--concurrency`` concurrent HTTP clients and
@@ -122,7 +122,7 @@ async def run_load(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a JSON report."""
-    parser = argparse.ArgumentParser(prog="python -m service.bench_gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m service.bench.gateway", description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=100, help="requests sent before timing")

@@ -11,7 +11,8 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
-from models.evaluation import EvaluationError, noise_set_name
+from models.errors import EvaluationError
+from models.evaluation.novelty import noise_set_name
 
 __all__ = ["plot_accuracy_vs_similarity"]
 

@@ -1,6 +1,6 @@
 """Latency breakdown of small jobs through a real `rpg worker` on the embedded Redis.
 
-    python -m worker.bench_latency BUNDLE [--data-dir DIR] [--jobs 3] [--steps 50]
+    python -m worker.bench.latency BUNDLE [--data-dir DIR] [--jobs 3] [--steps 50]
 
 Starts `rpg worker` as a subprocess (one torch thread), waits until it heart-beats, then
 enqueues one job at a time and prints the worker's own timings (queue wait, generator load,

@@ -3,7 +3,7 @@
 `Deployment` runs a redis-server (AOF on, fsync on every write, as docker-compose runs it),
 an `rpg serve` gateway and `rpg worker` processes, all on free local ports, under one
 directory. Each can be killed (SIGKILL) and started again on the same port, so the fault
-suite (`tests/test_faults.py`) and the fault benchmark (`service.bench_faults`) break a
+suite (`tests/test_faults.py`) and the fault benchmark (`service.bench.faults`) break a
 real system, not a model of one. Nothing here listens beyond 127.0.0.1.
 """
 
@@ -27,7 +27,7 @@ Popen = subprocess.Popen[bytes]
 
 __all__ = ["Deployment", "free_port", "wait_until"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""A GPU acceptance check: `python -m models.gpu_check [--device cuda]` (docker/gpu_check.sh).
+"""A GPU acceptance check: `python -m models.bench.gpu_check [--device cuda]` (docker/gpu_check.sh).
 
 On one machine, in a few minutes, it:
 
@@ -301,9 +301,9 @@ def run_check(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m models.gpu_check`."""
+    """The command line of `python -m models.bench.gpu_check`."""
     p = argparse.ArgumentParser(
-        prog="python -m models.gpu_check",
+        prog="python -m models.bench.gpu_check",
         description="Train and sample a tiny RPG generator on a device, time it, and check "
         "that the device's float32 samples match the CPU's. Last output line: JSON summary.",
     )

@@ -1,20 +1,16 @@
-"""`rpg train` and `rpg sample`: the generator's command line (registered by the top-level CLI)."""
+"""`rpg train ZOO --out BUNDLE`: train a generator (registered by the top-level CLI)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from models.config import PRESETS
-from models.request_check import SAMPLERS
 
 
 def register(subparsers: Any) -> None:
-    """Add the `train` and `sample` subcommands."""
+    """Add the `train` subcommand."""
     train = subparsers.add_parser(
         "train",
         help="train an RPG generator on a zoo of checkpoints",
@@ -102,39 +98,6 @@ def register(subparsers: Any) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
-    sample = subparsers.add_parser(
-        "sample",
-        help="generate weights with a trained generator",
-        description="Sample N parameter sets from BUNDLE (a directory or hf://org/repo) into --out, one .safetensors each.",
-    )
-    sample.add_argument("bundle", help="bundle directory or hf://org/repo[@revision]")
-    sample.add_argument(
-        "--out", type=Path, required=True, help="directory for the .safetensors files"
-    )
-    sample.add_argument("-n", "--num-samples", type=int, default=1)
-    sample.add_argument("--seed", type=int, help="seed (default: random, printed)")
-    sample.add_argument(
-        "--sampler", choices=SAMPLERS, help="default: the bundle's (config.json defaults)"
-    )
-    sample.add_argument(
-        "--steps",
-        type=int,
-        help="sampler steps (default: the bundle's; DDPM always runs all timesteps)",
-    )
-    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
-    sample.add_argument(
-        "--condition",
-        help='task embedding as JSON: a list of floats, or {"positive_classes": [...]}',
-    )
-    sample.add_argument(
-        "--dtype",
-        choices=["float32", "float16", "bfloat16"],
-        default="float32",
-        help="compute precision",
-    )
-    sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    sample.set_defaults(func=_sample)
-
 
 def _train(args: argparse.Namespace) -> int:
     from models.training import TrainConfig, train
@@ -167,71 +130,5 @@ def _train(args: argparse.Namespace) -> int:
     print(
         f"trained {result.steps} steps in {result.seconds:.1f}s ({result.steps_per_second:.2f} steps/s); "
         f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}; bundle: {result.bundle}"
-    )
-    return 0
-
-
-def _sample(args: argparse.Namespace) -> int:
-    import secrets
-
-    from models.bundle import BundleError, read_config, resolve_bundle
-    from models.generator import Generator
-    from models.request_check import check_request
-    from models.sampling_io import write_samples
-    from models.training import pick_device
-
-    condition = None
-    if args.condition is not None:
-        try:
-            condition = json.loads(args.condition)
-        except json.JSONDecodeError as exc:
-            print(f"--condition is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-    try:
-        config = read_config(resolve_bundle(args.bundle))
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    positive = condition.get("positive_classes") if isinstance(condition, dict) else None
-    checked, errors = check_request(
-        config,
-        task_embedding=None if isinstance(condition, dict) else condition,
-        positive_classes=positive,
-        num_samples=args.num_samples,
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-    )
-    if checked is None:
-        for error in errors:
-            print(f"error: {error.field}: {error.message}", file=sys.stderr)
-        return 2
-    generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
-    seed = args.seed if args.seed is not None else secrets.randbits(31)
-    started = time.perf_counter()
-    samples = generator.sample(
-        checked.num_samples,
-        condition=checked.task_embedding,
-        seed=seed,
-        sampler=checked.sampler,
-        steps=checked.steps,
-        eta=checked.eta,
-        dtype=args.dtype,
-    )
-    seconds = time.perf_counter() - started
-    paths = write_samples(
-        samples,
-        args.out,
-        generator=generator,
-        seed=seed,
-        sampler=checked.sampler,
-        steps=checked.steps,
-        condition=checked.task_embedding,
-    )
-    for path in paths:
-        print(path)
-    print(
-        f"{len(paths)} sample(s) in {seconds:.2f}s ({seconds / len(paths):.3f}s each), seed {seed}",
-        file=sys.stderr,
     )
     return 0

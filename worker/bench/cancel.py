@@ -1,6 +1,6 @@
 """Cancel latency and progress granularity by sampler, through a real `rpg worker`.
 
-    python -m worker.bench_cancel BUNDLE [--samples 8] [--after 1.0]
+    python -m worker.bench.cancel BUNDLE [--samples 8] [--after 1.0]
 
 Starts `rpg worker` (one torch thread, settings from RPG_* otherwise) on an embedded Redis in
 a temporary directory; for each sampler it queues one job of ``--samples`` models, lets it run
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from models.bundle import read_config
 from models.sampler_names import SamplerName
-from worker.bench_latency import local_worker
+from worker.bench.latency import local_worker
 from worker.queue import JobRequest, cancel, enqueue, get_job
 from worker.settings import Settings
 

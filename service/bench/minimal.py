@@ -1,7 +1,7 @@
-"""The reference point of `service.bench_stack`: the least a FastAPI + pydantic + redis-py app
+"""The reference point of `service.bench.stack`: the least a FastAPI + pydantic + redis-py app
 can do for ``POST /generate`` (parse the body, write one job hash, push one list entry).
 
-    RPG_BENCH_REDIS_URL=redis://... uvicorn service.bench_minimal:app
+    RPG_BENCH_REDIS_URL=redis://... uvicorn service.bench.minimal:app
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.bench_scale import register_scale
+from models.bench.scale import register_scale
 from models.sampler_names import SamplerName
 from models.zoo.build import DIGITS_ARCHITECTURES
 
@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
         description="Train the tiny preset on a digits-mlp zoo for --steps steps (after warm-up) and "
         "time sampling one model with DDIM and DDPM.",
     )
-    register_scale(sub)  # rpg bench scale (models/bench_scale.py)
+    register_scale(sub)  # rpg bench scale (models/bench/scale.py)
 
     speed.add_argument("--work", type=Path, default=Path("data/bench/speed"))
     speed.add_argument("--steps", type=int, default=100)
@@ -87,8 +87,8 @@ def _timed(stages: dict[str, float], name: str) -> Any:
 
 
 def _quality(args: argparse.Namespace) -> int:
+    from models.cli.evaluate import format_report
     from models.evaluation import evaluate_generated
-    from models.evaluation_cli import format_report
     from models.generator import Generator
     from models.training import TrainConfig, train
     from models.zoo.build import build_digits_zoo
@@ -152,7 +152,7 @@ def _quality(args: argparse.Namespace) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     if args.plot:
-        from models.evaluation_plot import plot_accuracy_vs_similarity
+        from models.evaluation.plot import plot_accuracy_vs_similarity
 
         plot_accuracy_vs_similarity(first, args.plot)
     return 0
@@ -246,7 +246,7 @@ def _speed(args: argparse.Namespace) -> int:
 
 def _train_rates(work: Path, steps: int) -> None:
     """Training tokens/s on digits-mlp and a long-sequence zoo beside the matmul rate."""
-    from models.bench_train_rate import matmul_flops_per_second, training_rate
+    from models.bench.train_rate import matmul_flops_per_second, training_rate
     from models.zoo import digits
     from models.zoo.build import build_digits_zoo
 

@@ -55,8 +55,8 @@ def run_scale(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Build, plan, train, sample, evaluate; returns the report (JSON-safe)."""
+    from models.cli.plan import make_plan
     from models.generator import Generator
-    from models.plan_cli import make_plan
     from models.training import TrainConfig, pick_device, train
     from models.zoo import digits
     from models.zoo.build import build_digits_zoo

@@ -1,7 +1,7 @@
 """Sampler benchmarks: the "Samplers" and "Sampling memory and batching" numbers in the README.
 
-    python -m models.bench_samplers quality BUNDLE ZOO [--seeds 0 1 2] [--num-samples 8]
-    python -m models.bench_samplers batching BUNDLE [--num-samples 8] [--steps 50]
+    python -m models.bench.samplers quality BUNDLE ZOO [--seeds 0 1 2] [--num-samples 8]
+    python -m models.bench.samplers batching BUNDLE [--num-samples 8] [--steps 50]
 
 quality: mean test accuracy of generated models (digits zoos) for DDIM-50, DDPM-1000 and
 DPM-Solver++ at several step counts, over several seeds, with the wall time of each call;
@@ -151,9 +151,9 @@ def run_batching(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m models.bench_samplers`."""
+    """Entry point of `python -m models.bench.samplers`."""
     parser = argparse.ArgumentParser(
-        prog="python -m models.bench_samplers", description=__doc__.split("\n\n")[0]
+        prog="python -m models.bench.samplers", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     quality = sub.add_parser("quality", help="accuracy and time per sampler setting")

@@ -1,4 +1,4 @@
-"""How fast client commands start: ``python -m service.bench_startup [--repeat N]``.
+"""How fast client commands start: ``python -m service.bench.startup [--repeat N]``.
 
 Runs each command in a fresh interpreter ``--repeat`` times and prints the median and the
 slowest wall time, and whether torch was imported (it must not be, for these commands).

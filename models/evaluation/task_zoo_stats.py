@@ -1,4 +1,4 @@
-"""What a task zoo asks of a generator, tensor by tensor: `python -m models.task_zoo_stats ZOO`.
+"""What a task zoo asks of a generator, tensor by tensor: `python -m models.evaluation.task_zoo_stats ZOO`.
 
 For every tensor: how much it varies between tasks and within a task, relative to the spread
 the tokenizer normalizes by (the mean per-checkpoint std), and what accuracy the held-out
@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.task_evaluation import Task, predict, zoo_tasks
+from models.evaluation.tasks import Task, predict, zoo_tasks
 from models.zoo import digits
 from models.zoo.architecture import add_trust_argument, command_trust
 from models.zoo.store import load_zoo
@@ -47,7 +47,9 @@ def _states(zoo_path: str, task: Task) -> list[dict[str, Tensor]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.task_zoo_stats", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m models.evaluation.task_zoo_stats", description=__doc__
+    )
     parser.add_argument("zoo", help="a task zoo (rpg zoo build digits-tasks)")
     add_trust_argument(parser)
     args = parser.parse_args(argv)

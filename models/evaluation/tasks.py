@@ -18,7 +18,7 @@ tensor taken from the task's first trained checkpoint: the tensor whose swap rec
 most accuracy is the part of the model the generator gets wrong (on the digits task zoo,
 ``fc1.weight``: README, "Task-conditioned generation").
 
-Reports are plain JSON-safe dicts with accuracies as fractions; ``evaluation_cli`` prints them.
+Reports are plain JSON-safe dicts with accuracies as fractions; ``rpg evaluate`` (``models.cli.evaluate``) prints them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.diffusion.samplers import SamplerName
-from models.evaluation import EvaluationError, check_generated
+from models.errors import EvaluationError
+from models.evaluation.novelty import check_generated
 from models.generator import Generator
 from models.zoo import digits
 from models.zoo.store import Zoo, ZooCheckpoint, ZooError

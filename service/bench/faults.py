@@ -1,8 +1,8 @@
 """How fast the service recovers from faults, and how it serves while being abused.
 
-    OMP_NUM_THREADS=1 python -m service.bench_faults [--generators BUNDLE] [--trials 3]
+    OMP_NUM_THREADS=1 python -m service.bench.faults [--generators BUNDLE] [--trials 3]
 
-Real processes throughout (`service.faultlab`: redis-server with AOF, `rpg serve`, two
+Real processes throughout (`service.bench.faultlab`: redis-server with AOF, `rpg serve`, two
 `rpg worker`), with the production heartbeat (5 s) unless ``--heartbeat`` says otherwise:
 
 1. worker kill: a running job's worker gets SIGKILL; seconds until the job runs again on
@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from service.faultlab import Deployment, job_document, submit, wait_until
+from service.bench.faultlab import Deployment, job_document, submit, wait_until
 
 __all__ = ["main"]
 

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from worker.queue.views import get_job
 from worker.webhooks import enqueue_delivery
 
 if TYPE_CHECKING:
@@ -59,8 +60,6 @@ def emit(
     storage: Storage | None = None,
 ) -> bool:
     """Queue ``event`` for the job's webhook if its request asked for it; True if queued."""
-    from worker.queue import get_job
-
     try:
         view = get_job(connection, job_id, settings=settings, storage=storage)
         if view is None:

@@ -35,7 +35,8 @@ def matmul_flops_per_second(size: int = 1024, repeats: int = 5) -> float:
 def training_rate(zoo_dir: Path, out: Path, *, steps: int, batch_size: int = 8) -> dict[str, Any]:
     """Tokens/s and estimated FLOP/s of tiny-preset training steps on ``zoo_dir`` (CPU)."""
     from models.backbones import backbone_from_config
-    from models.training import TrainConfig, checkpoint_chunk_for, train
+    from models.training import train
+    from models.training.options import TrainConfig, checkpoint_chunk_for
 
     options = TrainConfig(
         preset="tiny", steps=steps, batch_size=batch_size, save_every=0, progress=False

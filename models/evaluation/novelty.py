@@ -17,13 +17,12 @@ checkpoint it came from). A generated model with max IoU 1.0 and min L2 near 0 i
 that sits between the zoo's own spread and the noised copies is new but zoo-like.
 
 Everything here returns plain, JSON-safe dicts (non-finite floats become None);
-``evaluation_plot`` draws them and ``evaluation_cli`` prints them.
+``models.evaluation.plot`` draws them and ``rpg evaluate`` (``models.cli.evaluate``) prints them.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,24 +32,26 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models.errors import EvaluationError
+from models.evaluation.metrics import (
+    accuracy_summary,
+    iou_matrix,
+    l2_matrix,
+    nearest,
+    summary_stats,
+)
 from models.tokenizer import ParameterTokenizer
 from models.zoo import digits
 from models.zoo.store import Zoo, ZooError
 
 __all__ = [
     "NOISE_SIGMAS",
-    "EvaluationError",
-    "accuracy_summary",
     "add_noise",
     "check_generated",
     "evaluate_generated",
     "evaluate_state_dicts",
-    "iou",
-    "iou_matrix",
-    "l2_matrix",
     "load_generated_dir",
     "noise_set_name",
-    "summary_stats",
     "wrong_predictions",
 ]
 
@@ -60,109 +61,6 @@ NOISE_SIGMAS: tuple[float, ...] = (0.01, 0.05)
 _VAR_FLOOR = 1e-6
 # Below this many parameters, forward passes run single-threaded (see wrong_predictions).
 _SMALL_MODEL = 1_000_000
-
-
-class EvaluationError(ValueError):
-    """Inputs to an evaluation are unusable; the message says how to fix them."""
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-def summary_stats(values: Sequence[float | None]) -> dict[str, Any]:
-    """``{"n", "mean", "median", "min", "max"}`` over the finite entries of ``values``.
-
-    None and non-finite entries are skipped (and not counted in ``n``); with nothing left the
-    statistics are None.
-    """
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return {"n": 0, "mean": None, "median": None, "min": None, "max": None}
-    return {
-        "n": len(finite),
-        "mean": statistics.fmean(finite),
-        "median": statistics.median(finite),
-        "min": min(finite),
-        "max": max(finite),
-    }
-
-
-def accuracy_summary(values: Sequence[float]) -> dict[str, Any]:
-    """``summary_stats`` of accuracies, which must be fractions in [0, 1]."""
-    bad = [v for v in values if not (isinstance(v, int | float) and 0.0 <= v <= 1.0)]
-    if bad:
-        raise EvaluationError(f"accuracies must be fractions in [0, 1], got {bad[:3]}")
-    return summary_stats(values)
-
-
-# ---------------------------------------------------------------------------- similarity
-
-
-def iou(a: Tensor, b: Tensor) -> float:
-    """IoU of two boolean masks over the same examples; 1.0 when both are empty."""
-    if a.shape != b.shape:
-        raise EvaluationError(
-            f"masks must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
-
-
-def iou_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU ``(m, k)`` float64 of boolean rows ``a (m, n)`` and ``b (k, n)``."""
-    af, bf = a.to(torch.float64), b.to(torch.float64)
-    inter = af @ bf.T  # (m, k): counts, exact in float64
-    union = af.sum(1, keepdim=True) + bf.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(inter))
-
-
-def l2_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise Euclidean distances ``(m, k)`` float64 of rows ``a (m, d)`` and ``b (k, d)``."""
-    # Without the matrix-product shortcut identical rows are exactly 0 apart.
-    return torch.cdist(
-        a.to(torch.float64), b.to(torch.float64), compute_mode="donot_use_mm_for_euclid_dist"
-    )
-
-
-def _nearest(
-    sim: Tensor | None, dist: Tensor, exclude: Sequence[int | None]
-) -> tuple[list[float | None], list[int | None], list[float | None], list[int | None]]:
-    """Per row: (max IoU, its index, min L2, its index), never choosing column ``exclude[r]``.
-
-    Rows without an allowed column (a one-checkpoint zoo, leave-one-out) or with a non-finite
-    distance get None.
-    """
-    m, k = dist.shape
-    allowed = torch.ones(m, k, dtype=torch.bool)
-    for r, col in enumerate(exclude):
-        if col is not None:
-            allowed[r, col] = False
-    has_any = allowed.any(1).tolist()
-    d = dist.masked_fill(~allowed, math.inf)
-    l2_val, l2_idx = d.min(1)
-    l2, l2_nearest = _where_valid(l2_val, l2_idx, has_any)
-    if sim is None:
-        return [None] * m, [None] * m, l2, l2_nearest
-    best = sim.masked_fill(~allowed, -math.inf).max(1).values
-    ties = (sim == best[:, None]) & allowed
-    # Tie-break by distance; finfo.max keeps a tie (even with an inf/NaN distance) ahead of
-    # a non-tie (+inf), so the chosen column always has the max IoU.
-    big = torch.finfo(d.dtype).max
-    iou_idx = torch.nan_to_num(d, nan=big, posinf=big).masked_fill(~ties, math.inf).argmin(1)
-    ious, iou_nearest = _where_valid(best, iou_idx, has_any)
-    return ious, iou_nearest, l2, l2_nearest
-
-
-def _where_valid(
-    values: Tensor, indices: Tensor, ok: list[bool]
-) -> tuple[list[float | None], list[int | None]]:
-    """Python lists with None where a row had no candidate or a non-finite value."""
-    vals = [
-        float(v) if o and math.isfinite(v) else None
-        for v, o in zip(values.tolist(), ok, strict=True)
-    ]
-    idx = [int(i) if v is not None else None for i, v in zip(indices.tolist(), vals, strict=True)]
-    return vals, idx
 
 
 # ---------------------------------------------------------------------------- models
@@ -280,7 +178,7 @@ def _novelty_set(
     exclude: Sequence[int | None],
 ) -> dict[str, Any]:
     sim = None if wrong is None or zoo_wrong is None else iou_matrix(wrong, zoo_wrong)
-    ious, iou_idx, l2, l2_idx = _nearest(sim, l2_matrix(vectors, zoo_vectors), exclude)
+    ious, iou_idx, l2, l2_idx = nearest(sim, l2_matrix(vectors, zoo_vectors), exclude)
     accs: list[float | None] = [None] * len(names)
     acc_summary = None
     if wrong is not None:

@@ -49,8 +49,8 @@ def make_plan(
     from models.config import PRESETS
     from models.plan import Workload, count_parameters, sample_flops, sample_memory, train_memory
     from models.tokenizer import ParameterTokenizer
-    from models.training import TrainConfig, build_model_config, checkpoint_chunk_for
-    from models.training_data import DEFAULT_RESIDENT_BYTES
+    from models.training.data import DEFAULT_RESIDENT_BYTES
+    from models.training.options import TrainConfig, build_model_config, checkpoint_chunk_for
     from models.zoo.store import load_zoo
 
     zoo = load_zoo(zoo_path).training_zoo()

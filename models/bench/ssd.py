@@ -1,6 +1,6 @@
 """Time the chunked SSD scan (``ssd_chunked``), optionally against another version of it.
 
-    python -m models.bench_ssd [--against OLD_SSD.py] [--rounds 5]
+    python -m models.bench.ssd [--against OLD_SSD.py] [--rounds 5]
 
 Shapes: the tiny preset's mixer (8 heads of 64 channels, one group, state 32, chunk 64) on a
 training piece (batch 8, 512 steps: forward + backward, and forward alone) and on a whole
@@ -107,9 +107,9 @@ def _seconds(fn: Callable[[], None]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m models.bench_ssd``."""
+    """Entry point of ``python -m models.bench.ssd``."""
     parser = argparse.ArgumentParser(
-        prog="python -m models.bench_ssd", description=__doc__.split("\n\n")[0]
+        prog="python -m models.bench.ssd", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--against", type=Path, help="another ssd.py to time beside this one")
     parser.add_argument("--rounds", type=int, default=5)
