@@ -11,6 +11,7 @@ import json
 import statistics
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
@@ -56,6 +57,7 @@ def summarize(zoo: Zoo) -> dict[str, Any]:
         "num_tensors": len(first),
         "num_values": sum(t.numel() for t in first.values()),
         "accuracy": stats,
+        "adapter": zoo.adapter,
     }
 
 
@@ -110,7 +112,35 @@ def _cmd_import(args: argparse.Namespace) -> int:
         split = digits.load_digits_split()
         evaluate = partial(_digits_accuracy, split=split)
         dataset = digits.dataset_spec(split)
+    from models.adapters.zoo_import import adapter_folders, import_adapter_zoo
+
+    has_adapters = bool(adapter_folders(Path(args.src)))
+    if has_adapters != (args.base_weights is not None):
+        return _fail(
+            ValueError(
+                f"{args.src} holds PEFT adapter folders: pass their base network's weights with "
+                "--base-weights BASE.safetensors"
+                if has_adapters
+                else "--base-weights is for a folder of PEFT adapter folders (subfolders with "
+                f"adapter_config.json); {args.src} holds none"
+            )
+        )
     try:
+        if has_adapters:
+            zoo = import_adapter_zoo(
+                args.src,
+                args.out,
+                args.architecture,
+                kwargs,
+                args.base_weights,
+                name=args.name,
+                form=args.lora_form,
+                evaluate=evaluate,
+                dataset=dataset,
+                overwrite=args.overwrite,
+            )
+            _print_summary(summarize(zoo))
+            return 0
         zoo = import_zoo(
             args.src,
             args.out,
@@ -160,6 +190,14 @@ def _print_summary(s: dict[str, Any]) -> None:
         + (f", {s['num_heldout']} held out from training" if s.get("num_heldout") else ""),
         f"size:         {s['num_values']:,} values in {s['num_tensors']} tensors",
     ]
+    adapter = s.get("adapter")
+    if adapter:
+        cfg, base = adapter["peft_config"], adapter["base"]
+        lines.append(
+            f"adapters:     LoRA r={cfg['r']} alpha={cfg['lora_alpha']:g} on "
+            f"{cfg['target_modules']} ({adapter['form']} form); base weights {base['weights']} "
+            f"(sha256 {base['sha256'][:12]}...)"
+        )
     acc = s["accuracy"]
     if acc is None:
         lines.append("accuracy:     not recorded")
@@ -250,6 +288,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="none",
         help="record each checkpoint's accuracy on a dataset (digits: the fixed test split of "
         "the built-in zoos; the model must map (N, 64) inputs to class logits)",
+    )
+    imp.add_argument(
+        "--base-weights",
+        metavar="BASE.safetensors",
+        help="adapter zoos: SRC holds one PEFT LoRA folder per checkpoint (adapter_config.json + "
+        "adapter_model.safetensors); these are the weights of the base network they adapt "
+        "(--architecture builds it). Copied into the zoo under 100 MB, else referenced by "
+        "path; their sha256 is checked whenever they load",
+    )
+    imp.add_argument(
+        "--lora-form",
+        choices=("canonical", "raw"),
+        default="canonical",
+        help="adapter zoos: store each adapter in canonical form (SVD of B @ A: one "
+        "representative per adapter, the default) or as given",
     )
     imp.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
     imp.set_defaults(func=_cmd_import)
