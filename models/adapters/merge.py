@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.adapters.spec import AdapterError, LoraSpec, LoraTarget, expected_shapes
+from models.adapters.spec import KEY_PREFIX, AdapterError, LoraSpec, LoraTarget, expected_shapes
 
 __all__ = ["AdaptedModule", "check_adapter", "delta", "merge_adapter"]
 
@@ -94,3 +94,23 @@ class AdaptedModule(nn.Module):
             check_adapter(state_dict, self.targets, self.spec.r, "adapter")
         merged = merge_adapter(self._base, state_dict, self.targets, self.spec)
         return self.inner.load_state_dict(merged, strict=True)
+
+
+def targets_from_keys(keys: Sequence[str], base: Mapping[str, Tensor]) -> list[LoraTarget]:
+    """The adapted layers named by an adapter's keys, shaped by the base weights.
+
+    For adapters already checked against the layout (zoo checkpoints, and samples of a
+    generator trained on them, which repeat the zoo's keys): no builder needs to run.
+    """
+    targets = []
+    for key in keys:
+        if not (key.startswith(KEY_PREFIX) and key.endswith(".lora_A.weight")):
+            continue
+        module = key[len(KEY_PREFIX) : -len(".lora_A.weight")]
+        weight = base.get(f"{module}.weight")
+        if weight is None:
+            raise AdapterError(f"adapter key {key} names {module!r}, which the base does not have")
+        targets.append(LoraTarget(module, tuple(weight.shape)))
+    if not targets:
+        raise AdapterError("the adapter holds no lora_A tensors")
+    return targets

@@ -20,9 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from models.config import (
-    PRESETS,
-)
+from models.adapters.bundle import bundle_section, copy_base
+from models.config import PRESETS
 from models.fileio import save_safetensors
 from models.generator import Generator
 from models.heap import keep_freed_memory
@@ -127,6 +126,11 @@ def _train(
     meta = _bundle_meta(
         zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
     )
+    adapter = bundle_section(zoo)
+    if adapter is not None:  # the bundle's samples are PEFT folders of this base
+        meta["adapter"] = adapter
+        if rank == 0:
+            copy_base(zoo, out)
     meta["training"]["ema_decay"] = ema_decay or None
     meta["training"]["token_weighting"] = weighting
     # The bundle holds the averaged weights when EMA is on: those are what sampling uses.
