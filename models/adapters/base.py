@@ -78,6 +78,8 @@ def check_section(section: Any, where: str) -> None:
     base = section.get("base")
     if not isinstance(base, Mapping):
         raise AdapterError(f"{where}: adapter.base must be an object")
+    # Deferred: the zoo package imports this module while it initialises.
+
     check_spec(base.get("architecture"))
     weights = base.get("weights")
     if not isinstance(weights, str) or not weights:
@@ -145,6 +147,7 @@ class AdapterBase:
 
     def build_module(self) -> nn.Module:
         """A fresh base module (its builder must be the project's or trusted)."""
+
         return build_module(self.architecture, trust_builders=self.trust_builders)
 
     def state_dict(self) -> dict[str, Tensor]:
