@@ -160,7 +160,7 @@ def write_samples(
                 f"--merge is for adapter generators; {generator.name!r} makes whole networks"
             )
         merge_base = generator.adapter_base().state_dict()
-    paths = []
+    paths: list[Path] = []
     for index, state_dict in enumerate(samples):
         meta = sample_metadata(
             generator,

@@ -86,7 +86,7 @@ class AdaptedModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner(*args, **kwargs)
 
-    def load_state_dict(  # type: ignore[override]
+    def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
         """Merge the adapter ``state_dict`` into the base (checked key by key when strict)."""

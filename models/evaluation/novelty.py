@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -368,7 +368,7 @@ def evaluate_generated(
     )
     report["notes"] = notes + report["notes"]
     if zoo.is_adapter_zoo and module is not None and data is not None:
-        inner = module.inner  # type: ignore[attr-defined]
+        inner = cast(nn.Module, module.inner)
         base_wrong = wrong_predictions(inner, [inner.state_dict()], data[0], data[1])
         report["base"] = {"accuracy": 1.0 - float(base_wrong.float().mean())}
     arch = zoo.architecture

@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from models.zoo.store import (
 __all__ = ["BASE_ARCHITECTURE", "build_lora_task_zoo"]
 
 HIDDEN = 64
-BASE_ARCHITECTURE = {
+BASE_ARCHITECTURE: dict[str, Any] = {
     "name": LORA_TASK_ZOO_NAME,
     "builder": "models.zoo.digits:mlp",
     "kwargs": {"hidden": HIDDEN, "num_classes": 10},
@@ -93,7 +94,7 @@ def build_lora_task_zoo(
         bar = tqdm(total=len(tasks) + 2, desc=f"zoo {LORA_TASK_ZOO_NAME}", unit="task")
     try:
         with staged_directory(out, overwrite=overwrite) as tmp:
-            build = partial(digits.mlp, **BASE_ARCHITECTURE["kwargs"])
+            build = partial(digits.mlp, hidden=HIDDEN, num_classes=10)
             ((base, base_acc),) = digits.train_run(
                 build, split, num_checkpoints=1, seed=digits.run_seed(seed, 0)
             )

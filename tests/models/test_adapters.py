@@ -134,7 +134,7 @@ def test_import_refuses_missing_or_extra_adapter_tensors(tmp_path: Path) -> None
         "base_model.model.fc1.lora_A.weight"
     )  # a misnamed key: PEFT would load it silently as nothing
     write_adapter_folder(folder, spec.to_peft_config(), tensors, {})
-    with pytest.raises(ZooError, match="missing .*fc1.lora_A.weight"):
+    with pytest.raises(ZooError, match=r"missing .*fc1.lora_A.weight"):
         import_adapter_zoo(
             tmp_path / "src", tmp_path / "zoo", "models.zoo.digits:mlp", {"hidden": 16},
             tmp_path / "base.safetensors",
@@ -146,7 +146,7 @@ def test_pickled_adapters_and_links_are_refused_unread(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps(PLAIN))
     (folder / "adapter_model.bin").write_bytes(b"not even a pickle")
-    with pytest.raises(AdapterError, match="never loaded here.*safetensors"):
+    with pytest.raises(AdapterError, match=r"never loaded here.*safetensors"):
         read_adapter_folder(folder)
     (folder / "adapter_model.bin").unlink()
     outside = tmp_path / "outside.safetensors"
@@ -162,7 +162,7 @@ def test_changed_base_weights_are_refused(tiny_adapter_zoo: Path, tmp_path: Path
     state = load_file(copy / "base.safetensors")
     state["fc1.bias"] = state["fc1.bias"] + 1
     save_file(state, str(copy / "base.safetensors"))
-    with pytest.raises(AdapterError, match="sha256 .* was recorded"):
+    with pytest.raises(AdapterError, match=r"sha256 .* was recorded"):
         load_zoo(copy).adapter_base().state_dict()
 
 
@@ -182,7 +182,7 @@ def test_base_weights_must_be_safetensors(tmp_path: Path) -> None:
     base = _base(tmp_path / "base.safetensors")
     write_adapter_folders(tmp_path / "src", base, 1, seed=0)
     torch.save(base, tmp_path / "base.pt")
-    with pytest.raises(ZooError, match="must be a .safetensors file"):
+    with pytest.raises(ZooError, match=r"must be a \.safetensors file"):
         import_adapter_zoo(
             tmp_path / "src", tmp_path / "zoo", "models.zoo.digits:mlp", {"hidden": 16},
             tmp_path / "base.pt",
@@ -194,3 +194,15 @@ def test_adapter_base_resolves_relative_weights_inside_the_folder(tiny_adapter_z
     assert zoo.adapter is not None
     base = AdapterBase(zoo.adapter, tiny_adapter_zoo)
     assert base.weights_path == tiny_adapter_zoo / "base.safetensors"
+
+
+def test_gateway_client_and_adapter_writing_do_not_import_peft() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import service.app, service.client, models.adapters.samples, "
+        "models.adapters.zoo_import, models.sampling_io, worker.jobs; "
+        "assert 'peft' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
