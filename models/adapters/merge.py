@@ -83,6 +83,11 @@ class AdaptedModule(nn.Module):
         self._base = {k: v.detach().clone() for k, v in base_state.items()}
         self.inner.load_state_dict(self._base, strict=True)
 
+    @property
+    def base_state(self) -> dict[str, Tensor]:
+        """The base weights, without any adapter."""
+        return self._base
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner(*args, **kwargs)
 

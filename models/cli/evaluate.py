@@ -67,6 +67,10 @@ def format_report(report: dict[str, Any]) -> str:
         stats = sets[key]["summary"]["accuracy"]
         n = sets[key]["n"] if stats is None else stats["n"]
         lines.append(f"{label:<24}  {n:>4}  {_stats_cells(stats)}")
+    if report.get("base") is not None:  # adapter zoos: the base network with no adapter
+        lines.append(
+            f"{'base alone (no adapter)':<24}  {1:>4}  {_num(report['base']['accuracy']):>7}"
+        )
     lines += [
         "",
         "novelty: max IoU of wrong-prediction sets with the zoo (1 = the same mistakes), and",

@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models.adapters.merge import AdaptedModule
 from models.errors import EvaluationError
 from models.evaluation.metrics import (
     accuracy_summary,
@@ -367,9 +368,9 @@ def evaluate_generated(
         batch_size=batch_size,
     )
     report["notes"] = notes + report["notes"]
-    if zoo.is_adapter_zoo and module is not None and data is not None:
-        inner = cast(nn.Module, module.inner)
-        base_wrong = wrong_predictions(inner, [inner.state_dict()], data[0], data[1])
+    if isinstance(module, AdaptedModule) and data is not None:
+        # The base alone, from its own weights (the module holds the last adapter merged in).
+        base_wrong = wrong_predictions(module.inner, [module.base_state], data[0], data[1])
         report["base"] = {"accuracy": 1.0 - float(base_wrong.float().mean())}
     arch = zoo.architecture
     report["zoo_path"] = str(zoo.path)

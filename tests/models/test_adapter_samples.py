@@ -111,3 +111,25 @@ def test_peft_loads_every_tensor_and_changes_the_outputs(
     )  # fmt: skip
     with torch.no_grad():
         torch.testing.assert_close(merged(x), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluate_scores_generated_folders_beside_the_zoo_and_the_base(
+    tiny_adapter_zoo: Path, tiny_adapter_bundle: Path, tmp_path: Path
+) -> None:
+    from service.cli import main as rpg_main
+
+    _samples(tiny_adapter_bundle, tmp_path / "gen", n=3)
+    code = rpg_main(
+        ["evaluate", "--zoo", str(tiny_adapter_zoo), "--generated", str(tmp_path / "gen"),
+         "--json", str(tmp_path / "report.json")]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [m["name"] for m in report["per_model"]] == ["sample_000", "sample_001", "sample_002"]
+    assert report["generated"]["n"] == 3 and report["zoo"]["n"] == 6
+    split = digits.load_digits_split()
+    base = build_module(Generator.from_pretrained(tiny_adapter_bundle).architecture)
+    base.load_state_dict(load_file(tiny_adapter_zoo / "base.safetensors"), strict=True)
+    assert report["base"]["accuracy"] == pytest.approx(
+        digits.accuracy(base, split.x_test, split.y_test)
+    )
