@@ -12,6 +12,7 @@ trained on by generators.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -138,9 +139,7 @@ def build_lora_task_zoo(
                 targets,
                 mixed_batches(data, recipe.batch_size),
                 seed=_seed(seed, 2),
-                recipe=LoraRecipe(
-                    **{**recipe.__dict__, "steps": recipe.steps * MULTITASK_STEPS_FACTOR}
-                ),
+                recipe=replace(recipe, steps=recipe.steps * MULTITASK_STEPS_FACTOR),
             )
             stored = canonicalize(multitask, targets) if form == "canonical" else multitask
             write_state_dict(stored, tmp / MULTITASK_FILE)
@@ -174,7 +173,7 @@ def build_lora_task_zoo(
                         "adapters_per_task": per_task,
                         "heldout_tasks": sorted(t.name for t in held),
                         "base_accuracy": base_acc,
-                        "recipe": dict(recipe.__dict__),
+                        "recipe": asdict(recipe),
                         "multitask_steps": recipe.steps * MULTITASK_STEPS_FACTOR,
                         "torch": torch.__version__,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
