@@ -89,11 +89,13 @@ class LocalStorage(Storage):
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise StorageError(f"local storage could not delete {key!r}: {exc}") from exc
-            folders.add(path.parent)
-        for folder in folders:
-            if folder != self.root:
-                with contextlib.suppress(OSError):  # not empty (other files): keep it
-                    folder.rmdir()
+            # Every folder up to the root: an adapter job nests jobs/<id>/sample_000/.
+            folders.update(
+                p for p in path.parents if p.is_relative_to(self.root) and p != self.root
+            )
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # not empty (other files): keep it
+                folder.rmdir()
 
 
 def _atomic_copy(source: Path, destination: Path) -> None:
