@@ -298,7 +298,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         from models.evaluation.adapters import has_adapter_folders, load_generated_adapters
 
-        if zoo.is_adapter_zoo and has_adapter_folders(Path(args.generated)):
+        if zoo.is_adapter_zoo:
+            if not has_adapter_folders(Path(args.generated)):
+                return _fail(
+                    f"zoo {zoo.path} holds LoRA adapters: pass the folder of PEFT folders that "
+                    f"`rpg sample` wrote (sample_000/adapter_config.json, ...); {args.generated} "
+                    "has none (--merge output is whole networks, not adapters)"
+                )
             names, state_dicts = load_generated_adapters(Path(args.generated), zoo)
         else:
             names, state_dicts = load_generated_dir(args.generated)
