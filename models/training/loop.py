@@ -35,6 +35,7 @@ from models.training.options import (
     build_model_config,
     checkpoint_chunk_for,
     cosine_lr,
+    default_diffusion_batch,
     permutation_ids,
     pick_device,
     token_weights_for,
@@ -97,7 +98,9 @@ def _train(
     total_steps = options.steps or recipe.steps
     lr = options.lr or recipe.lr
     batch_size = min(options.batch_size or recipe.batch_size, len(data))
-    diffusion_batch = options.diffusion_batch or recipe.diffusion_batch
+    diffusion_batch = options.diffusion_batch or default_diffusion_batch(
+        recipe.diffusion_batch, batch_size, tokenizer.num_tokens
+    )
     micro = min(options.micro_batch or batch_size, batch_size)
     chunk = checkpoint_chunk_for(options.checkpoint_chunk, micro, tokenizer.num_tokens)
     warmup = (
