@@ -4,7 +4,9 @@ The base is the digits MLP (64 -> 64 -> 10) trained on the ten classes as the ot
 are. Every task of ``lora_tasks`` (an input transform crossed with a label shift) gets
 ``per_task`` adapters, each trained from its own seed (its own ``A`` initialisation and batch
 order), so the zoo holds independently trained adapters of equal quality: what the canonical
-form is for. One more adapter is trained on all seen tasks at once (the multi-task baseline of
+form is for. Adapter ``k`` of every task shares seed ``k`` (a "family", recorded as run ``k``,
+so generators give each family a permutation state): within a family, tasks differ only
+through their data, as the mask zoo's tasks do (``tasks.task_seed``). One more adapter is trained on all seen tasks at once (the multi-task baseline of
 ``rpg evaluate``), stored as an extra file. Held-out tasks are stored and flagged, never
 trained on by generators.
 """
@@ -105,7 +107,7 @@ def build_lora_task_zoo(
             if bar is not None:
                 bar.update(1)
             checkpoints: list[ZooCheckpoint] = []
-            for ti, task in enumerate(tasks):
+            for task in tasks:
                 x_tr, y_tr, x_te, y_te = task_data(split, task)
                 for k in range(per_task):
                     adapter = train_adapter(
@@ -113,7 +115,10 @@ def build_lora_task_zoo(
                         base,
                         targets,
                         uniform_batches(x_tr, y_tr, recipe.batch_size),
-                        seed=_seed(seed, 1, ti, k),
+                        # Adapter k of every task starts from the same A and sees the same
+                        # batch order: the tasks of one family differ only through their
+                        # data, so the map task -> adapter is smooth within it.
+                        seed=_seed(seed, 1, k),
                         recipe=recipe,
                     )
                     acc = _accuracy(module, base, adapter, spec, targets, x_te, y_te)
@@ -124,7 +129,7 @@ def build_lora_task_zoo(
                         ZooCheckpoint(
                             file=name,
                             accuracy=acc,
-                            run=0,
+                            run=k,  # one family per seed: a permutation state each
                             condition=task.embedding(),
                             heldout=task in held,
                         )

@@ -75,6 +75,7 @@ def test_build_records_adapters_tasks_and_the_multitask_baseline(
     assert zoo.extras == {"multitask": "multitask.safetensors"}
     assert (lora_zoo / "multitask.safetensors").is_file()
     assert zoo.adapter is not None and zoo.adapter["form"] == "canonical"
+    assert set(zoo.run_ids()) == {0}  # one adapter per task: one seed family
     # Deterministic: the same arguments give the same bytes.
     again = tmp_path / "again"
     build_lora_task_zoo(again, per_task=1, holdout=4, seed=0, progress=False, recipe=QUICK)
