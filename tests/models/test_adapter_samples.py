@@ -133,3 +133,45 @@ def test_evaluate_scores_generated_folders_beside_the_zoo_and_the_base(
     assert report["base"]["accuracy"] == pytest.approx(
         digits.accuracy(base, split.x_test, split.y_test)
     )
+
+
+def test_conv_adapters_made_by_peft_import_and_merge_as_peft_computes(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    from models.adapters.zoo_import import import_adapter_zoo
+    from models.zoo.store import load_zoo
+
+    torch.manual_seed(0)
+    base = digits.cnn()
+    base.eval()
+    save_file(base.state_dict(), str(tmp_path / "base.safetensors"))
+    config = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["conv2", "head"])
+    models = []
+    for i in range(2):
+        start = digits.cnn()
+        start.load_state_dict(base.state_dict())
+        model = peft.get_peft_model(start, config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+        model.save_pretrained(str(tmp_path / "src" / f"a{i}"))
+        models.append(model.eval())
+    import_adapter_zoo(
+        tmp_path / "src", tmp_path / "zoo", "models.zoo.digits:cnn", {},
+        tmp_path / "base.safetensors",
+    )  # fmt: skip
+    zoo = load_zoo(tmp_path / "zoo")
+    x = digits.load_digits_split().x_test[:32]
+    base_state = zoo.adapter_base().state_dict()
+    for model, stored in zip(models, zoo.state_dicts(), strict=True):
+        merged = build_module(zoo.architecture or {})
+        merged.load_state_dict(
+            merge_adapter(base_state, stored, targets_from_keys(list(stored), base_state),
+                          zoo.adapter_base().spec),
+            strict=True,
+        )  # fmt: skip
+        merged.eval()
+        with torch.no_grad():  # the canonical form computes what PEFT's own adapter does
+            torch.testing.assert_close(merged(x), model(x), atol=1e-4, rtol=1e-4)
