@@ -45,7 +45,10 @@ def resolve_bundle(path: str | os.PathLike[str]) -> Path:
                 "loading hf:// bundles needs huggingface_hub: pip install 'rpg-service[hub]'"
             ) from exc
         local = snapshot_download(
-            repo, revision=revision or None, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]
+            repo,
+            revision=revision or None,
+            # base.safetensors: an adapter generator's base, when small enough to travel along
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "base.safetensors"],
         )
         return Path(local)
     local_path = Path(text)

@@ -19,7 +19,7 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,9 @@ from models.rpg import RPGModel
 from models.sampler_names import SamplerName
 from models.tokenizer import ParameterTokenizer
 from models.zoo.architecture import build_module, parse_trust
+
+if TYPE_CHECKING:
+    from models.adapters.base import AdapterBase
 
 __all__ = ["DTYPES", "ConditionError", "Generator", "derive_seed"]
 
@@ -65,6 +68,7 @@ class Generator:
         *,
         digest: str | None = None,
         trust_builders: Iterable[str] = (),
+        directory: Path | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -72,6 +76,8 @@ class Generator:
         self.digest = digest
         # What the caller trusts (never read from config.json): see build_module().
         self.trust_builders = parse_trust(trust_builders)
+        # Where the bundle lives (an adapter generator's base weights may sit beside it).
+        self.directory = directory
 
     # ------------------------------------------------------------------ properties
     @property
@@ -98,6 +104,23 @@ class Generator:
     def is_conditional(self) -> bool:
         """Whether sampling needs a condition (task embedding)."""
         return self.condition_spec.get("kind") == "vector"
+
+    @property
+    def is_adapter(self) -> bool:
+        """Whether samples are LoRA adapters of a base network (written as PEFT folders)."""
+        return self.config.get("adapter") is not None
+
+    def adapter_base(self) -> AdapterBase:
+        """The base of an adapter generator: its spec, architecture and checked weights."""
+        from models.adapters.base import AdapterBase
+
+        if not self.is_adapter:
+            raise ValueError(f"generator {self.name!r} makes whole networks, not adapters")
+        if self.directory is None:
+            raise ValueError("save or load the generator from a bundle before using its base")
+        return AdapterBase(
+            self.config["adapter"], self.directory, trust_builders=self.trust_builders
+        )
 
     @property
     def num_parameters(self) -> int:
@@ -149,6 +172,7 @@ class Generator:
             config,
             digest=weights_digest(directory),
             trust_builders=trust_builders,
+            directory=directory,
         )
         return generator.to(device)
 
@@ -163,6 +187,7 @@ class Generator:
         write_bundle(directory, config, self.model.state_dict())
         self.config = read_config(directory)
         self.digest = weights_digest(directory)
+        self.directory = directory
         return directory
 
     # ------------------------------------------------------------------ conditions

@@ -1,4 +1,5 @@
-"""Writing generated state dicts as `.safetensors` files with provenance metadata.
+"""Writing generated state dicts as `.safetensors` files (or, for adapter generators, PEFT
+folders) with provenance metadata.
 
 Each file is written to a temporary name in the destination directory and renamed, so a
 reader never sees a partial file. safetensors metadata is string -> string.
@@ -82,12 +83,56 @@ def save_state_dict(
     """Atomically write one state dict (temp name + fsync + rename) and hash it."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_safetensors(tensors, path, metadata)
+    numel = sum(t.numel() for t in tensors.values())
+    return WrittenFile(path, file_sha256(path), path.stat().st_size, numel)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a written file."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    numel = sum(t.numel() for t in tensors.values())
-    return WrittenFile(path, digest.hexdigest(), path.stat().st_size, numel)
+    return digest.hexdigest()
+
+
+def write_sample(
+    directory: Path,
+    index: int,
+    state_dict: Mapping[str, Tensor],
+    *,
+    generator: Generator,
+    metadata: dict[str, str],
+    dtype: str | None = None,
+    merge_base: Mapping[str, Tensor] | None = None,
+) -> list[WrittenFile]:
+    """Write sample ``index`` into ``directory``; returns the files written.
+
+    A whole-network generator writes ``sample_000.safetensors``. An adapter generator writes
+    the PEFT folder ``sample_000/`` (``adapter_config.json`` + ``adapter_model.safetensors``),
+    or, given ``merge_base`` (its checked base weights), base + adapter as
+    ``sample_000.safetensors`` (loadable into the base architecture with ``strict=True``).
+    """
+    name = f"sample_{index:03d}"
+    if not generator.is_adapter:
+        return [
+            save_state_dict(
+                directory / f"{name}.safetensors", cast_floats(state_dict, dtype), metadata
+            )
+        ]
+    from models.adapters.samples import adapter_metadata, merged_sample, write_adapter_sample
+
+    meta = adapter_metadata(generator.config["adapter"], metadata)
+    if merge_base is not None:
+        merged = merged_sample(state_dict, merge_base, generator.config["adapter"])
+        meta["merged"] = "true"
+        return [
+            save_state_dict(directory / f"{name}.safetensors", cast_floats(merged, dtype), meta)
+        ]
+    files = write_adapter_sample(
+        directory / name, cast_floats(state_dict, dtype), generator.config["adapter"], meta
+    )
+    return [WrittenFile(p, file_sha256(p), p.stat().st_size, n) for p, n in files]
 
 
 def write_samples(
@@ -101,10 +146,21 @@ def write_samples(
     condition: Any = None,
     job_id: str | None = None,
     dtype: str | None = None,
+    merge: bool = False,
 ) -> list[Path]:
-    """Write `sample_000.safetensors`, ... into `out`; returns their paths."""
+    """Write every sample into ``out`` (``write_sample``); returns the paths written.
+
+    ``merge``: an adapter generator writes base + adapter state dicts instead of PEFT folders.
+    """
     directory = Path(out)
-    paths = []
+    merge_base = None
+    if merge:
+        if not generator.is_adapter:
+            raise ValueError(
+                f"--merge is for adapter generators; {generator.name!r} makes whole networks"
+            )
+        merge_base = generator.adapter_base().state_dict()
+    paths: list[Path] = []
     for index, state_dict in enumerate(samples):
         meta = sample_metadata(
             generator,
@@ -116,8 +172,14 @@ def write_samples(
             job_id=job_id,
             dtype=dtype,
         )
-        written = save_state_dict(
-            directory / f"sample_{index:03d}.safetensors", cast_floats(state_dict, dtype), meta
+        written = write_sample(
+            directory,
+            index,
+            state_dict,
+            generator=generator,
+            metadata=meta,
+            dtype=dtype,
+            merge_base=merge_base,
         )
-        paths.append(written.path)
+        paths.extend(w.path for w in written)
     return paths

@@ -91,6 +91,26 @@ class GeneratorInfo:
             "dataset": self.config.get("dataset"),
             "zoo_accuracy_mean": float(accuracy) if accuracy is not None else None,
             "zoo_num_checkpoints": int(checkpoints) if checkpoints is not None else None,
+            "adapter": self.adapter_public(),
+        }
+
+    def adapter_public(self) -> dict[str, Any] | None:
+        """An adapter generator's PEFT config and base (never where the base sits on disk)."""
+        section = self.config.get("adapter")
+        if not isinstance(section, Mapping):
+            return None
+        base = section.get("base") or {}
+        return {
+            "kind": section.get("kind"),
+            "peft_config": section.get("peft_config"),
+            "form": section.get("form"),
+            "base": {
+                "architecture": base.get("architecture"),
+                "sha256": base.get("sha256"),
+                "size_bytes": base.get("size_bytes"),
+                "hub_id": base.get("hub_id"),
+            },
+            "files_per_sample": ["adapter_config.json", "adapter_model.safetensors"],
         }
 
 

@@ -442,6 +442,7 @@ class Client:
         for index in range(len(current["result"]["files"])):
             entry = current["result"]["files"][index]
             target = directory / _safe_name(entry["name"])
+            target.parent.mkdir(parents=True, exist_ok=True)  # an adapter's sample folder
             if _matches(target, entry):
                 paths.append(target)
                 continue
@@ -514,9 +515,17 @@ def _parse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, 
 
 
 def _safe_name(name: str) -> str:
+    """A server-given file name as a path inside `dest`: a plain name, or one sample folder
+    and a plain name (an adapter sample: ``sample_000/adapter_config.json``)."""
     # The name comes from the server: never let it pick a path outside `dest`.
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise DownloadError(f"refusing the file name {name!r} from the server (not a plain name)")
+    parts = name.split("/") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or any(
+        not part or part in (".", "..") or part.startswith(".") or "\\" in part or "\0" in part
+        for part in parts
+    ):
+        raise DownloadError(
+            f"refusing the file name {name!r} from the server (not a plain name or folder/name)"
+        )
     return name
 
 

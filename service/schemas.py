@@ -221,6 +221,12 @@ class ArchitecturePublic(BaseModel):
         default=None, description="mean accuracy of the training zoo, when known"
     )
     zoo_num_checkpoints: int | None = None
+    adapter: dict[str, Any] | None = Field(
+        default=None,
+        description="set when samples are LoRA adapters of a base network: the PEFT config, "
+        "the canonical/raw form, the base (architecture, sha256, hub_id) and the files of "
+        "each sample's PEFT folder (sample_000/adapter_config.json, ...)",
+    )
 
 
 class Limits(BaseModel):

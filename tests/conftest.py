@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import torch
 
 
 def free_port() -> int:
@@ -139,4 +140,67 @@ def tiny_bundle(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         name="digits-mlp",
     )
     train(tiny_zoo, out, options)
+    return out
+
+
+def write_adapter_folders(src: Path, base: dict[str, torch.Tensor], count: int, seed: int) -> None:
+    """``count`` PEFT folders of rank-2 LoRA on fc1 and fc2 of ``base`` (random, seeded),
+    written by our own writer (no peft needed)."""
+    from models.adapters.folder import write_adapter_folder
+    from models.adapters.spec import LoraSpec
+
+    spec = LoraSpec(r=2, lora_alpha=4.0, target_modules=("fc1", "fc2"))
+    g = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        tensors = {}
+        for name in ("fc1", "fc2"):
+            out_f, in_f = base[f"{name}.weight"].shape
+            tensors[f"base_model.model.{name}.lora_A.weight"] = torch.randn(2, in_f, generator=g)
+            tensors[f"base_model.model.{name}.lora_B.weight"] = 0.1 * torch.randn(
+                out_f, 2, generator=g
+            )
+        write_adapter_folder(src / f"adapter_{i}", spec.to_peft_config(), tensors, {})
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter zoo of 6 random rank-2 LoRA adapters of a small digits MLP (base trained for
+    a few epochs), imported through the same path as `rpg zoo import --base-weights`."""
+    from safetensors.torch import save_file
+
+    from models.adapters.zoo_import import import_adapter_zoo
+    from models.zoo import digits
+
+    root = tmp_path_factory.mktemp("adapter-zoo")
+    split = digits.load_digits_split()
+    recipe = digits.TrainingRecipe(epochs=3)
+    ((base, _),) = digits.train_run(
+        lambda: digits.mlp(hidden=16), split, num_checkpoints=1, seed=0, recipe=recipe
+    )
+    save_file(base, str(root / "base.safetensors"))
+    write_adapter_folders(root / "src", base, 6, seed=0)
+    import_adapter_zoo(
+        root / "src",
+        root / "zoo",
+        "models.zoo.digits:mlp",
+        {"hidden": 16},
+        root / "base.safetensors",
+        name="digits-lora",
+        dataset=digits.dataset_spec(split),
+        evaluate=lambda m: digits.accuracy(m, split.x_test, split.y_test),
+    )
+    return root / "zoo"
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_bundle(tiny_adapter_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generator trained for a few steps on `tiny_adapter_zoo` (samples are PEFT folders)."""
+    from models.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("bundles") / "digits-lora"
+    options = TrainConfig(
+        steps=10, d_model=32, d_state=16, channels=(1, 8, 16, 8, 1), token_size=64,
+        progress=False, save_every=0, name="digits-lora",
+    )  # fmt: skip
+    train(tiny_adapter_zoo, out, options)
     return out

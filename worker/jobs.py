@@ -237,8 +237,10 @@ def _write(
     job_id: str,
     samples: list[dict[str, Any]],
 ) -> list[WrittenFile]:
+    """Each sample's files: one .safetensors, or an adapter generator's PEFT folder
+    (``sample_000/adapter_config.json`` + ``sample_000/adapter_model.safetensors``)."""
     from models.request_check import steps_to_run
-    from models.sampling_io import cast_floats, sample_metadata, save_state_dict
+    from models.sampling_io import sample_metadata, write_sample
 
     timesteps = generator.model.config.diffusion.num_timesteps
     written = []
@@ -253,8 +255,9 @@ def _write(
             job_id=job_id,
             dtype=request.dtype,
         )
-        path = scratch / f"sample_{index:03d}.safetensors"
-        written.append(save_state_dict(path, cast_floats(state_dict, request.dtype), metadata))
+        written += write_sample(
+            scratch, index, state_dict, generator=generator, metadata=metadata, dtype=request.dtype
+        )
     return written
 
 
@@ -264,9 +267,12 @@ def _upload(
     request: JobRequest,
     generator: Generator,
     written: list[WrittenFile],
+    scratch: Path,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """(file entries of the manifest, storage version)."""
-    keys = [f"jobs/{job_id}/{item.path.name}" for item in written]
+    """(file entries of the manifest, storage version); a file's name is its path inside the
+    job (``sample_000.safetensors``, or ``sample_000/adapter_config.json`` for adapters)."""
+    names = [item.path.relative_to(scratch).as_posix() for item in written]
+    keys = [f"jobs/{job_id}/{name}" for name in names]
     put = context.storage.put_many(
         [(item.path, key) for item, key in zip(written, keys, strict=True)],
         message=f"RPG job {job_id}: {request.num_samples} x {request.generator}",
@@ -274,19 +280,35 @@ def _upload(
             **request.model_dump(mode="json"),
             "generator": generator.generator_id,
             "job_id": job_id,
+            # Adapter jobs: the hub backend writes a PEFT model card (library_name, base_model).
+            "adapter": _adapter_card(generator),
         },
     )
     files = [
         {
-            "name": item.path.name,
+            "name": name,
             "key": key,
             "sha256": item.sha256,
             "size_bytes": item.size_bytes,
             "num_parameters": item.num_parameters,
         }
-        for item, key in zip(written, keys, strict=True)
+        for item, name, key in zip(written, names, keys, strict=True)
     ]
     return files, put.version
+
+
+def _adapter_card(generator: Generator) -> dict[str, Any] | None:
+    """What a model card says of an adapter generator's base (None for whole networks)."""
+    section = generator.config.get("adapter")
+    if not section:
+        return None
+    base = section.get("base") or {}
+    return {
+        "base_model": base.get("hub_id"),
+        "base_architecture": base.get("architecture"),
+        "base_sha256": base.get("sha256"),
+        "peft_config": section.get("peft_config"),
+    }
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -362,7 +384,7 @@ def execute(context: WorkerContext, job: Job, payload: dict[str, Any]) -> dict[s
         progress.publish(WRITTEN_SHARE, force=True)
 
         start = time.perf_counter()
-        files, version = _upload(context, job.id, request, generator, written)
+        files, version = _upload(context, job.id, request, generator, written, scratch)
         upload_s = time.perf_counter() - start
         _finished(job, context.connection, "succeeded")
         return {

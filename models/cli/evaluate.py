@@ -67,6 +67,10 @@ def format_report(report: dict[str, Any]) -> str:
         stats = sets[key]["summary"]["accuracy"]
         n = sets[key]["n"] if stats is None else stats["n"]
         lines.append(f"{label:<24}  {n:>4}  {_stats_cells(stats)}")
+    if report.get("base") is not None:  # adapter zoos: the base network with no adapter
+        lines.append(
+            f"{'base alone (no adapter)':<24}  {1:>4}  {_num(report['base']['accuracy']):>7}"
+        )
     lines += [
         "",
         "novelty: max IoU of wrong-prediction sets with the zoo (1 = the same mistakes), and",
@@ -164,6 +168,44 @@ def format_task_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_adapter_task_report(report: dict[str, Any]) -> str:
+    """The table of an ``evaluate_adapter_tasks`` report: one row per task set, one column per
+    method (mean accuracy over tasks, with the std over tasks under it)."""
+    from models.evaluation.adapter_tasks import METHODS
+
+    s = report["settings"]
+    lines = [
+        f"zoo:        {report['zoo_path']} ({report['architecture']} LoRA adapters, "
+        f"{report['num_training_tasks']} training tasks)",
+        f"generator:  {report['generator']}  ({s['samples_per_task']} samples per task, "
+        f"{s['sampler']} {s['steps']} steps, seed {s['seed']})",
+        f"test set:   each task's transform of the {report['num_test']} digits test images",
+        "",
+        f"{'accuracy':<20} {'tasks':>5}  "
+        + "  ".join(f"{m:>12}" for m in METHODS)
+        + "  gap closed",
+    ]
+    for kind, label in (("heldout", "held-out (unseen)"), ("seen", "seen (training)")):
+        t = report["tasks"][kind]
+        lines.append(
+            f"{label:<20} {t['n_tasks']:>5}  "
+            + "  ".join(f"{_num(t[m + '_mean']):>12}" for m in METHODS)
+            + f"  {_num(t['gap_closed'], 3):>10}"
+        )
+        lines.append(
+            f"{'  std over tasks':<20} {'':>5}  "
+            + "  ".join(f"{_num(t[m + '_std']):>12}" for m in METHODS)
+        )
+    lines += [
+        "",
+        "base = no adapter; trained = the task's own adapters; multitask = one adapter for all "
+        "seen tasks; nearest_seen = adapters of the seen task(s) with the nearest embedding;",
+        "regressor = an MLP from embedding to weights; mismatched = generated for another "
+        "task's embedding. gap closed = (generated - base) / (trained - base).",
+    ]
+    return "\n".join(lines)
+
+
 def _write_json(report: dict[str, Any], target: str) -> None:
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +230,9 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 f"zoo {zoo.path} is unconditional: sample a folder "
                 "(`rpg sample BUNDLE --out DIR -n 20`) and pass it with --generated"
             )
-        generator = Generator.from_pretrained(args.generator, device=pick_device(args.device))
+        generator = Generator.from_pretrained(
+            args.generator, device=pick_device(args.device), trust_builders=command_trust(args)
+        )
         from tqdm import tqdm
 
         bar = tqdm(desc="evaluate tasks", unit="task", disable=None, file=sys.stderr)
@@ -197,25 +241,40 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = evaluate_tasks(
-            zoo,
-            generator,
-            samples_per_task=args.samples_per_task,
-            seen_tasks=args.seen_tasks,
-            sampler=args.sampler,
-            steps=args.steps,
-            eta=args.eta,
-            seed=args.seed,
-            swap_tensors=args.swap_tensors,
-            progress=progress,
-        )
+        if zoo.is_adapter_zoo:
+            from models.evaluation.adapter_tasks import evaluate_adapter_tasks
+
+            report = evaluate_adapter_tasks(
+                zoo,
+                generator,
+                samples_per_task=args.samples_per_task,
+                seen_tasks=args.seen_tasks,
+                sampler=args.sampler,
+                steps=args.steps,
+                eta=args.eta,
+                seed=args.seed,
+                progress=progress,
+            )
+        else:
+            report = evaluate_tasks(
+                zoo,
+                generator,
+                samples_per_task=args.samples_per_task,
+                seen_tasks=args.seen_tasks,
+                sampler=args.sampler,
+                steps=args.steps,
+                eta=args.eta,
+                seed=args.seed,
+                swap_tensors=args.swap_tensors,
+                progress=progress,
+            )
     except (ZooError, EvaluationError, ValueError, OSError) as e:
         return _fail(str(e))
     finally:
         if bar is not None:
             bar.close()
     report["duration_s"] = round(time.perf_counter() - started, 3)
-    print(format_task_report(report))
+    print(format_adapter_task_report(report) if zoo.is_adapter_zoo else format_task_report(report))
     if args.json is not None:
         _write_json(report, args.json)
     return 0
@@ -237,7 +296,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"zoo {zoo.path} is task-conditioned: each task needs its own comparison, so "
                 "pass the generator instead (--generator BUNDLE) and its tasks are sampled"
             )
-        names, state_dicts = load_generated_dir(args.generated)
+        from models.evaluation.adapters import has_adapter_folders, load_generated_adapters
+
+        if zoo.is_adapter_zoo:
+            if not has_adapter_folders(Path(args.generated)):
+                return _fail(
+                    f"zoo {zoo.path} holds LoRA adapters: pass the folder of PEFT folders that "
+                    f"`rpg sample` wrote (sample_000/adapter_config.json, ...); {args.generated} "
+                    "has none (--merge output is whole networks, not adapters)"
+                )
+            names, state_dicts = load_generated_adapters(Path(args.generated), zoo)
+        else:
+            names, state_dicts = load_generated_dir(args.generated)
         report = evaluate_generated(zoo, state_dicts, names, seed=args.seed)
     except (ZooError, EvaluationError) as e:
         return _fail(str(e))

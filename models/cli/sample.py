@@ -18,7 +18,10 @@ def register(subparsers: Any) -> None:
     sample = subparsers.add_parser(
         "sample",
         help="generate weights with a trained generator",
-        description="Sample N parameter sets from BUNDLE (a directory or hf://org/repo) into --out, one .safetensors each.",
+        description="Sample N parameter sets from BUNDLE (a directory or hf://org/repo) into --out, "
+        "one .safetensors each; a generator of LoRA adapters writes one PEFT folder each "
+        "(sample_000/adapter_config.json + adapter_model.safetensors), or with --merge the "
+        "base network with the adapter merged in (sample_000.safetensors).",
     )
     sample.add_argument("bundle", help="bundle directory or hf://org/repo[@revision]")
     sample.add_argument(
@@ -46,6 +49,12 @@ def register(subparsers: Any) -> None:
         help="compute precision",
     )
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    sample.add_argument(
+        "--merge",
+        action="store_true",
+        help="adapter generators: write base + adapter as full state dicts of the base "
+        "architecture instead of PEFT folders (needs the base weights; their sha256 is checked)",
+    )
     sample.set_defaults(func=_sample)
 
 
@@ -85,6 +94,12 @@ def _sample(args: argparse.Namespace) -> int:
             print(f"error: {error.field}: {error.message}", file=sys.stderr)
         return 2
     generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
+    if args.merge and not generator.is_adapter:
+        print(
+            f"error: --merge is for adapter generators; {generator.name!r} makes whole networks",
+            file=sys.stderr,
+        )
+        return 2
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     started = time.perf_counter()
     samples = generator.sample(
@@ -97,19 +112,24 @@ def _sample(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     seconds = time.perf_counter() - started
-    paths = write_samples(
-        samples,
-        args.out,
-        generator=generator,
-        seed=seed,
-        sampler=checked.sampler,
-        steps=checked.steps,
-        condition=checked.task_embedding,
-    )
+    try:
+        paths = write_samples(
+            samples,
+            args.out,
+            generator=generator,
+            seed=seed,
+            sampler=checked.sampler,
+            steps=checked.steps,
+            condition=checked.task_embedding,
+            merge=args.merge,
+        )
+    except ValueError as exc:  # AdapterError: the base weights are missing or changed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in paths:
         print(path)
     print(
-        f"{len(paths)} sample(s) in {seconds:.2f}s ({seconds / len(paths):.3f}s each), seed {seed}",
+        f"{checked.num_samples} sample(s) in {seconds:.2f}s ({seconds / checked.num_samples:.3f}s each), seed {seed}",
         file=sys.stderr,
     )
     return 0

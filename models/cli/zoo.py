@@ -11,6 +11,7 @@ import json
 import statistics
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
@@ -18,6 +19,7 @@ from torch import nn
 
 from models.zoo import digits
 from models.zoo.build import ZOO_KINDS, build_digits_zoo, import_zoo
+from models.zoo.lora_tasks import LORA_TASK_ZOO_NAME
 from models.zoo.store import Zoo, ZooError, load_zoo
 from models.zoo.tasks import NUM_TASKS, TASK_ZOO_NAME, build_task_zoo
 
@@ -56,6 +58,7 @@ def summarize(zoo: Zoo) -> dict[str, Any]:
         "num_tensors": len(first),
         "num_values": sum(t.numel() for t in first.values()),
         "accuracy": stats,
+        "adapter": zoo.adapter,
     }
 
 
@@ -63,7 +66,35 @@ _TASK_OPTIONS = {"tasks": "--tasks", "per_task": "--per-task", "holdout": "--hol
 _RUN_OPTIONS = {"num_checkpoints": "--num-checkpoints", "runs": "--runs"}
 
 
+def _cmd_build_lora(args: argparse.Namespace) -> int:
+    from models.zoo.lora_zoo import build_lora_task_zoo
+
+    given = [flag for dest, flag in _RUN_OPTIONS.items() if getattr(args, dest) is not None]
+    if args.tasks is not None:
+        given.append("--tasks")
+    if given:
+        return _fail(ValueError(f"{', '.join(given)} does not apply to {LORA_TASK_ZOO_NAME}"))
+    try:
+        zoo = build_lora_task_zoo(
+            args.out,
+            per_task=4 if args.per_task is None else args.per_task,
+            holdout=8 if args.holdout is None else args.holdout,
+            seed=args.seed,
+            form=args.lora_form,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+        )
+    except (ZooError, ValueError) as e:
+        return _fail(e)
+    _print_summary(summarize(zoo))
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
+    if args.kind == LORA_TASK_ZOO_NAME:
+        return _cmd_build_lora(args)
+    if args.lora_form != "canonical":
+        return _fail(ValueError(f"--lora-form only applies to {LORA_TASK_ZOO_NAME}"))
     is_tasks = args.kind == TASK_ZOO_NAME
     # Options of the other kind of zoo would be silently ignored: refuse them instead.
     foreign = _RUN_OPTIONS if is_tasks else _TASK_OPTIONS
@@ -110,7 +141,35 @@ def _cmd_import(args: argparse.Namespace) -> int:
         split = digits.load_digits_split()
         evaluate = partial(_digits_accuracy, split=split)
         dataset = digits.dataset_spec(split)
+    from models.adapters.zoo_import import adapter_folders, import_adapter_zoo
+
+    has_adapters = bool(adapter_folders(Path(args.src)))
+    if has_adapters != (args.base_weights is not None):
+        return _fail(
+            ValueError(
+                f"{args.src} holds PEFT adapter folders: pass their base network's weights with "
+                "--base-weights BASE.safetensors"
+                if has_adapters
+                else "--base-weights is for a folder of PEFT adapter folders (subfolders with "
+                f"adapter_config.json); {args.src} holds none"
+            )
+        )
     try:
+        if has_adapters:
+            zoo = import_adapter_zoo(
+                args.src,
+                args.out,
+                args.architecture,
+                kwargs,
+                args.base_weights,
+                name=args.name,
+                form=args.lora_form,
+                evaluate=evaluate,
+                dataset=dataset,
+                overwrite=args.overwrite,
+            )
+            _print_summary(summarize(zoo))
+            return 0
         zoo = import_zoo(
             args.src,
             args.out,
@@ -160,6 +219,14 @@ def _print_summary(s: dict[str, Any]) -> None:
         + (f", {s['num_heldout']} held out from training" if s.get("num_heldout") else ""),
         f"size:         {s['num_values']:,} values in {s['num_tensors']} tensors",
     ]
+    adapter = s.get("adapter")
+    if adapter:
+        cfg, base = adapter["peft_config"], adapter["base"]
+        lines.append(
+            f"adapters:     LoRA r={cfg['r']} alpha={cfg['lora_alpha']:g} on "
+            f"{cfg['target_modules']} ({adapter['form']} form); base weights {base['weights']} "
+            f"(sha256 {base['sha256'][:12]}...)"
+        )
     acc = s["accuracy"]
     if acc is None:
         lines.append("accuracy:     not recorded")
@@ -189,7 +256,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{TASK_ZOO_NAME}: binary tasks by 10-bit class mask (the task embedding), one small "
         "MLP per task fine-tuned from one shared 10-class base; a seeded set of tasks is held "
         "out from generator training and kept for evaluation (about 5 minutes on 2 CPU cores "
-        "with the defaults).",
+        f"with the defaults). {LORA_TASK_ZOO_NAME}: one digits base network and rank-4 LoRA "
+        "adapters, 4 per task, for 35 tasks (an input transform crossed with a label shift; the "
+        "task embedding encodes both), 8 held out.",
     )
     build.add_argument("kind", choices=ZOO_KINDS, help="which zoo to build")
     build.add_argument("--out", required=True, help="output directory (created)")
@@ -209,13 +278,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"(default: all {NUM_TASKS} masks)",
     )
     build.add_argument(
-        "--per-task", type=int, help=f"{TASK_ZOO_NAME}: checkpoints per task (default: 5)"
+        "--per-task",
+        type=int,
+        help=f"{TASK_ZOO_NAME}: checkpoints per task (default: 5); {LORA_TASK_ZOO_NAME}: "
+        "independently seeded adapters per task (default: 4)",
     )
     build.add_argument(
         "--holdout",
         type=int,
-        help=f"{TASK_ZOO_NAME}: tasks held out from generator training, fixed by --seed "
-        "(default: 20)",
+        help="task zoos: tasks held out from generator training, fixed by --seed "
+        f"(default: 20 for {TASK_ZOO_NAME}, 8 for {LORA_TASK_ZOO_NAME})",
+    )
+    build.add_argument(
+        "--lora-form",
+        choices=("canonical", "raw"),
+        default="canonical",
+        help=f"{LORA_TASK_ZOO_NAME}: store adapters in canonical form (default) or as trained",
     )
     build.add_argument("--seed", type=int, default=0, help="seed of the whole zoo (default: 0)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
@@ -250,6 +328,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="none",
         help="record each checkpoint's accuracy on a dataset (digits: the fixed test split of "
         "the built-in zoos; the model must map (N, 64) inputs to class logits)",
+    )
+    imp.add_argument(
+        "--base-weights",
+        metavar="BASE.safetensors",
+        help="adapter zoos: SRC holds one PEFT LoRA folder per checkpoint (adapter_config.json + "
+        "adapter_model.safetensors); these are the weights of the base network they adapt "
+        "(--architecture builds it). Copied into the zoo under 100 MB, else referenced by "
+        "path; their sha256 is checked whenever they load",
+    )
+    imp.add_argument(
+        "--lora-form",
+        choices=("canonical", "raw"),
+        default="canonical",
+        help="adapter zoos: store each adapter in canonical form (SVD of B @ A: one "
+        "representative per adapter, the default) or as given",
     )
     imp.add_argument("--overwrite", action="store_true", help="replace an existing zoo in --out")
     imp.set_defaults(func=_cmd_import)

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models.adapters.merge import AdaptedModule
 from models.errors import EvaluationError
 from models.evaluation.metrics import (
     accuracy_summary,
@@ -345,10 +346,15 @@ def evaluate_generated(
                 f"{digits.DATASET_NAME!r} dataset is known (set 'dataset' to null in zoo.json "
                 "for L2-only novelty)"
             ) from e
-        try:
-            module = zoo.build_module()
-        except ZooError as e:
-            raise EvaluationError(str(e)) from e
+        if zoo.is_adapter_zoo:  # adapters are scored merged into the zoo's base
+            from models.evaluation.adapters import adapter_scorer
+
+            module = adapter_scorer(zoo)
+        else:
+            try:
+                module = zoo.build_module()
+            except ZooError as e:
+                raise EvaluationError(str(e)) from e
         data = (split.x_test, split.y_test)
     report = evaluate_state_dicts(
         zoo.state_dicts(),
@@ -362,6 +368,10 @@ def evaluate_generated(
         batch_size=batch_size,
     )
     report["notes"] = notes + report["notes"]
+    if isinstance(module, AdaptedModule) and data is not None:
+        # The base alone, from its own weights (the module holds the last adapter merged in).
+        base_wrong = wrong_predictions(module.inner, [module.base_state], data[0], data[1])
+        report["base"] = {"accuracy": 1.0 - float(base_wrong.float().mean())}
     arch = zoo.architecture
     report["zoo_path"] = str(zoo.path)
     report["architecture"] = None if arch is None else arch.get("name", arch["builder"])

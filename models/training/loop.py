@@ -20,9 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from models.config import (
-    PRESETS,
-)
+from models.adapters.bundle import bundle_section, copy_base
+from models.config import PRESETS
 from models.fileio import save_safetensors
 from models.generator import Generator
 from models.heap import keep_freed_memory
@@ -36,6 +35,7 @@ from models.training.options import (
     build_model_config,
     checkpoint_chunk_for,
     cosine_lr,
+    default_diffusion_batch,
     permutation_ids,
     pick_device,
     token_weights_for,
@@ -98,7 +98,9 @@ def _train(
     total_steps = options.steps or recipe.steps
     lr = options.lr or recipe.lr
     batch_size = min(options.batch_size or recipe.batch_size, len(data))
-    diffusion_batch = options.diffusion_batch or recipe.diffusion_batch
+    diffusion_batch = options.diffusion_batch or default_diffusion_batch(
+        recipe.diffusion_batch, batch_size, tokenizer.num_tokens
+    )
     micro = min(options.micro_batch or batch_size, batch_size)
     chunk = checkpoint_chunk_for(options.checkpoint_chunk, micro, tokenizer.num_tokens)
     warmup = (
@@ -127,6 +129,11 @@ def _train(
     meta = _bundle_meta(
         zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
     )
+    adapter = bundle_section(zoo)
+    if adapter is not None:  # the bundle's samples are PEFT folders of this base
+        meta["adapter"] = adapter
+        if rank == 0:
+            copy_base(zoo, out)
     meta["training"]["ema_decay"] = ema_decay or None
     meta["training"]["token_weighting"] = weighting
     # The bundle holds the averaged weights when EMA is on: those are what sampling uses.

@@ -177,6 +177,18 @@ def token_weights_for(tokenizer: ParameterTokenizer, mode: TokenWeighting) -> Te
     return 1.0 / per_tensor[tensor_of_token]  # (L,)
 
 
+# The denoiser's default batch draws each real token of a step's checkpoints at most this many
+# times (each with its own noise level). Only zoos of very few tokens per checkpoint reach the
+# cap (an adapter zoo of 4 tokens: 256 instead of 1,024); every digits zoo stays above it.
+MAX_TOKEN_DRAWS = 2
+
+
+def default_diffusion_batch(recipe_value: int, batch_size: int, num_tokens: int) -> int:
+    """Tokens per step when ``--diffusion-batch`` is not given: the recipe's, capped at
+    ``MAX_TOKEN_DRAWS`` draws of each real token of the batch (step time is the denoiser's)."""
+    return max(1, min(recipe_value, MAX_TOKEN_DRAWS * batch_size * num_tokens))
+
+
 def checkpoint_chunk_for(option: int | None, micro_batch: int, num_tokens: int) -> int | None:
     """Tokens per checkpointed backbone piece: the option, or automatic (None = no pieces).
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.zoo import digits
+from models.zoo.lora_tasks import LORA_TASK_ZOO_NAME
 from models.zoo.store import (
     Zoo,
     ZooCheckpoint,
@@ -75,7 +76,7 @@ DIGITS_RECIPES: dict[str, digits.TrainingRecipe] = {
     "digits-resnet18-small": digits.TrainingRecipe(epochs=10, lr=1e-3, batch_size=32),
 }
 # Every built-in zoo `rpg zoo build` knows: the unconditional ones, then the task zoo.
-ZOO_KINDS: tuple[str, ...] = (*DIGITS_ARCHITECTURES, TASK_ZOO_NAME)
+ZOO_KINDS: tuple[str, ...] = (*DIGITS_ARCHITECTURES, TASK_ZOO_NAME, LORA_TASK_ZOO_NAME)
 
 
 def _now() -> str:

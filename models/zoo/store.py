@@ -9,10 +9,15 @@
      "checkpoints": [{"file": "ckpt_000.safetensors", "accuracy": 0.97 | null,
                       "run": 0, "condition": null | [D floats],
                       "heldout": true (optional; absent = false)}, ...],
-     "provenance": {...}}
+     "provenance": {...},
+     "adapter": {...} (adapter zoos only: see models.adapters.base)}
 
 A directory of ``.safetensors`` files without ``zoo.json`` is a zoo too (architecture unknown,
 every file its own run). Files are only ever read with safetensors, never unpickled.
+
+An adapter zoo's checkpoints are LoRA adapter state dicts of one base network (PEFT's key
+names); its ``adapter`` section records the PEFT config, the form (canonical or raw) and the
+base (architecture, weights, sha256), and ``architecture`` is the base's.
 
 A checkpoint flagged ``heldout`` belongs to a task kept for evaluation: it is stored (evaluation
 compares generated models with it) but generators never train on it (``Zoo.training_zoo()``).
@@ -28,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -37,6 +42,9 @@ from torch import Tensor, nn
 from models.fileio import atomic_write_text, save_safetensors
 from models.zoo.architecture import build_module, check_spec, parse_trust
 from models.zoo.errors import UntrustedBuilderError, ZooError
+
+if TYPE_CHECKING:
+    from models.adapters.base import AdapterBase
 
 __all__ = [
     "ZOO_FILE",
@@ -98,6 +106,10 @@ class Zoo:
     provenance: dict[str, Any] = field(default_factory=dict)
     # What the person who loaded the zoo trusts (models.zoo.architecture); never from zoo.json.
     trust_builders: tuple[str, ...] = ()
+    # Adapter zoos: the PEFT config, form and base (models.adapters.base); None otherwise.
+    adapter: dict[str, Any] | None = None
+    # Extra files of a built-in zoo (e.g. a baseline adapter), name -> file inside the zoo.
+    extras: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -145,6 +157,19 @@ class Zoo:
             )
         return build_module(self.architecture, trust_builders=self.trust_builders)
 
+    @property
+    def is_adapter_zoo(self) -> bool:
+        """Whether the checkpoints are LoRA adapters of a base network."""
+        return self.adapter is not None
+
+    def adapter_base(self) -> AdapterBase:
+        """The adapter section, ready to build the base and check its weights (adapter zoos)."""
+        from models.adapters.base import AdapterBase
+
+        if self.adapter is None:
+            raise ZooError(f"zoo {self.path} holds whole networks, not adapters")
+        return AdapterBase(self.adapter, self.path, trust_builders=self.trust_builders)
+
     def to_json(self) -> dict[str, Any]:
         """The zoo.json document of this zoo."""
         return {
@@ -155,6 +180,8 @@ class Zoo:
             "condition": self.condition,
             "checkpoints": [c.to_json() for c in self.checkpoints],
             "provenance": self.provenance,
+            **({"adapter": self.adapter} if self.adapter is not None else {}),
+            **({"extras": self.extras} if self.extras else {}),
         }
 
 
@@ -247,6 +274,21 @@ def _validate_document(doc: Any, where: Path) -> None:
 
     if not isinstance(doc, Mapping):
         raise fail("must hold a JSON object")
+    if doc.get("adapter") is not None:
+        # Deferred: models.adapters.base imports models.zoo.architecture (package init order).
+        from models.adapters.base import check_section
+        from models.adapters.spec import AdapterError
+
+        try:
+            check_section(doc["adapter"], "adapter")
+        except (AdapterError, ZooError) as err:
+            raise fail(str(err)) from None
+    extras = doc.get("extras", {})
+    if not isinstance(extras, Mapping) or not all(
+        isinstance(v, str) and Path(v).name == v and v not in ("", ".", "..")
+        for v in extras.values()
+    ):
+        raise fail("'extras' must map names to file names inside the zoo")
     if doc.get("format") != ZOO_FORMAT:
         raise fail(f"'format' is {doc.get('format')!r}, expected {ZOO_FORMAT!r}")
     if doc.get("version") != ZOO_VERSION:
@@ -374,6 +416,8 @@ def load_zoo(path: Path | str, *, trust_builders: Iterable[str] = ()) -> Zoo:
             condition=dict(doc["condition"]),
             checkpoints=checkpoints,
             provenance=dict(doc.get("provenance") or {}),
+            adapter=None if doc.get("adapter") is None else dict(doc["adapter"]),
+            extras=dict(doc.get("extras") or {}),
         )
         missing = [c.file for c in checkpoints if not (path / c.file).is_file()]
         if missing:

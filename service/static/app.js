@@ -167,12 +167,128 @@ function renderJob(job) {
   $("cancel").hidden = FINISHED.has(job.status);
   const files = (job.result && job.result.files) || [];
   $("files").hidden = !files.length;
-  $("files").tBodies[0].replaceChildren(...files.map((file) => el("tr", {},
-    el("td", {}, el("a", { href: file.url, download: file.name, textContent: file.name })),
-    el("td", { textContent: file.num_parameters.toLocaleString() }),
-    el("td", { textContent: humanBytes(file.size_bytes) }),
-    el("td", {}, el("code", { textContent: file.sha256 })),
-  )));
+  $("files").tBodies[0].replaceChildren(...sampleRows(files));
+}
+
+// One row per plain file; an adapter sample (a PEFT folder: `sample_000/adapter_config.json`
+// + `sample_000/adapter_model.safetensors`) is one row whose link downloads both as one zip.
+function sampleRows(files) {
+  const folders = new Map();
+  const rows = [];
+  for (const file of files) {
+    const slash = file.name.indexOf("/");
+    if (slash < 0) {
+      rows.push(el("tr", {},
+        el("td", {}, el("a", { href: file.url, download: file.name, textContent: file.name })),
+        el("td", { textContent: file.num_parameters.toLocaleString() }),
+        el("td", { textContent: humanBytes(file.size_bytes) }),
+        el("td", {}, el("code", { textContent: file.sha256 })),
+      ));
+      continue;
+    }
+    const folder = file.name.slice(0, slash);
+    if (!folders.has(folder)) {
+      const group = [];
+      folders.set(folder, group);
+      const link = el("a", { href: "#", className: "zip", textContent: `${folder}.zip` });
+      link.dataset.folder = folder;
+      link.addEventListener("click", (event) => { event.preventDefault(); downloadZip(folder, group, link); });
+      const row = el("tr", {}, el("td", {}, link), el("td"), el("td"), el("td"));
+      row.dataset.folder = folder;
+      rows.push(row);
+    }
+    folders.get(folder).push(file);
+  }
+  for (const row of rows) {
+    const group = row.dataset.folder && folders.get(row.dataset.folder);
+    if (!group) continue;
+    row.cells[1].textContent = group.reduce((n, f) => n + f.num_parameters, 0).toLocaleString();
+    row.cells[2].textContent = humanBytes(group.reduce((n, f) => n + f.size_bytes, 0));
+    row.cells[3].replaceChildren(...group.map((f) => el("div", {}, el("code", { textContent: `${f.name.split("/")[1]} ${f.sha256}` }))));
+  }
+  return rows;
+}
+
+// Fetch a sample folder's files, check each sha256 against the manifest, and save them as
+// one zip (stored, not compressed: safetensors do not shrink) named after the folder.
+async function downloadZip(folder, group, link) {
+  link.textContent = `${folder}.zip (preparing)`;
+  try {
+    const entries = [];
+    for (const file of group) {
+      const response = await fetch(file.url);
+      if (!response.ok) throw new Error(`${file.name}: HTTP ${response.status}`);
+      const data = new Uint8Array(await response.arrayBuffer());
+      if (data.length !== file.size_bytes) throw new Error(`${file.name}: size mismatch, download again`);
+      if (window.crypto && crypto.subtle) { // only on https or localhost pages
+        const digest = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", data)), (b) => b.toString(16).padStart(2, "0")).join("");
+        if (digest !== file.sha256) throw new Error(`${file.name}: sha256 mismatch, download again`);
+      }
+      entries.push({ name: file.name, data });
+    }
+    const url = URL.createObjectURL(new Blob([zipStored(entries)], { type: "application/zip" }));
+    const save = el("a", { href: url, download: `${folder}.zip` });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    link.textContent = `${folder}.zip`;
+  } catch (error) {
+    link.textContent = `${folder}.zip (failed: ${error.message})`;
+  }
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(data) {
+  let c = 0xffffffff;
+  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// A zip archive (PKWARE APPNOTE 4.3: local headers, data, central directory, end record)
+// with every entry stored. Sizes stay under 4 GiB: no zip64.
+function zipStored(entries) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const central = [];
+  let offset = 0;
+  for (const { name, data } of entries) {
+    const nameBytes = encoder.encode(name);
+    const crc = crc32(data);
+    const local = new DataView(new ArrayBuffer(30));
+    local.setUint32(0, 0x04034b50, true); // local file header signature
+    local.setUint16(4, 20, true); // version needed
+    local.setUint16(8, 0, true); // method: stored
+    local.setUint32(14, crc, true);
+    local.setUint32(18, data.length, true); // compressed size
+    local.setUint32(22, data.length, true); // uncompressed size
+    local.setUint16(26, nameBytes.length, true);
+    parts.push(new Uint8Array(local.buffer), nameBytes, data);
+    const entry = new DataView(new ArrayBuffer(46));
+    entry.setUint32(0, 0x02014b50, true); // central directory header signature
+    entry.setUint16(4, 20, true); // version made by
+    entry.setUint16(6, 20, true); // version needed
+    entry.setUint32(16, crc, true);
+    entry.setUint32(20, data.length, true);
+    entry.setUint32(24, data.length, true);
+    entry.setUint16(28, nameBytes.length, true);
+    entry.setUint32(42, offset, true); // where the local header starts
+    central.push(new Uint8Array(entry.buffer), nameBytes);
+    offset += 30 + nameBytes.length + data.length;
+  }
+  const size = central.reduce((n, part) => n + part.length, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true); // end of central directory signature
+  end.setUint16(8, entries.length, true);
+  end.setUint16(10, entries.length, true);
+  end.setUint32(12, size, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...central, new Uint8Array(end.buffer)]);
 }
 
 // Reads `GET /jobs/{id}/events` with fetch (EventSource cannot send an Authorization

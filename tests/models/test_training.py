@@ -218,3 +218,11 @@ def test_the_conditional_recipe_picks_its_denoiser() -> None:
     assert build_model_config(zoo({"kind": "none"}), 4290, TrainConfig(mean_head=True), 1)[
         0
     ].mean_head
+
+
+def test_default_diffusion_batch_caps_repeats_of_few_tokens() -> None:
+    from models.training.options import default_diffusion_batch
+
+    assert default_diffusion_batch(1024, 32, 19) == 1024  # the mask task zoo: unchanged
+    assert default_diffusion_batch(128, 8, 25) == 128  # digits-cnn: unchanged
+    assert default_diffusion_batch(1024, 32, 4) == 256  # a 4-token adapter zoo: 2 draws each

@@ -231,3 +231,31 @@ def test_delete_many_removes_files_and_card_from_the_branch(hub: HubDouble, tmp_
     commits = len(repo.history())
     storage.delete_many(keys, version=version)  # nothing left: no empty commit
     assert len(repo.history()) == commits
+
+
+def test_adapter_jobs_commit_peft_folders_with_a_peft_card(hub: HubDouble, tmp_path: Path) -> None:
+    settings = _settings(hub)
+    storage = _storage(settings)
+    files = []
+    for i in range(2):
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            path = tmp_path / f"{i}-{name}"
+            path.write_bytes(os.urandom(64))
+            files.append((path, f"jobs/jobA/sample_{i:03d}/{name}"))
+    generation = {"architecture": "digits-lora", "adapter": {"base_model": "org/base-net"}}
+    result = storage.put_many(files, message="adapters", generation=generation)
+    commit = hub.repo(settings.repo_id).history()[-1]
+    assert commit.added == sorted([key for _, key in files] + ["jobs/jobA/README.md"])
+    card_url = f"{hub.url}/{settings.repo_id}/resolve/{result.version}/jobs/jobA/README.md"
+    meta, body = _front_matter_and_body(httpx.get(card_url).text)
+    assert meta["library_name"] == "peft" and meta["base_model"] == "org/base-net"
+    assert {"lora", "peft"} <= set(meta["tags"])
+    assert 'subfolder="jobs/jobA/sample_000"' in body
+    assert "| `sample_001/adapter_model.safetensors` |" in body
+    # Without a Hub id for the base, the card names no base_model.
+    generation = {"architecture": "digits-lora", "adapter": {"base_model": None}}
+    files2 = [(p, k.replace("jobA", "jobB")) for p, k in files]
+    result = storage.put_many(files2, message="adapters", generation=generation)
+    card_url = f"{hub.url}/{settings.repo_id}/resolve/{result.version}/jobs/jobB/README.md"
+    meta, _ = _front_matter_and_body(httpx.get(card_url).text)
+    assert meta["library_name"] == "peft" and "base_model" not in meta

@@ -189,3 +189,17 @@ def test_delete_many_removes_the_files_and_their_folder(
     storage.delete_many(keys)  # again: nothing left to delete is fine
     with pytest.raises(StorageKeyError):
         storage.delete_many(["../escape"])
+
+
+def test_delete_many_removes_an_adapter_jobs_sample_folders_too(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    keys = [
+        f"jobs/j3/sample_000/{name}"
+        for name in ("adapter_config.json", "adapter_model.safetensors")
+    ]
+    storage.put_many([(_source(tmp_path, f"a{i}", b"x"), k) for i, k in enumerate(keys)])
+    job_folder = resolve_local_path(tmp_path / "data", keys[0]).parent.parent
+    assert job_folder.is_dir()
+    storage.delete_many(keys)
+    assert not job_folder.exists() and job_folder.parent.is_dir()  # jobs/ stays

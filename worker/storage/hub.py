@@ -278,10 +278,15 @@ def render_model_card(
 ) -> str:
     """A model card: YAML front matter (library_name, tags) and a body listing the files.
 
-    ``files`` holds ``(name, sha256, size_bytes)``; ``generation`` is shown as JSON.
+    ``files`` holds ``(name, sha256, size_bytes)``; ``generation`` is shown as JSON. An
+    adapter job (``generation["adapter"]`` set) gets a PEFT card: ``library_name: peft``,
+    ``base_model`` when the base has a Hub id, and how to load each sample folder.
     """
     from huggingface_hub import ModelCardData
 
+    adapter = generation.get("adapter")
+    if adapter:
+        return _adapter_card(title, files, generation, adapter, tags)
     front_matter = ModelCardData(library_name=library_name, tags=list(tags)).to_yaml()
     rows = "\n".join(f"| `{name}` | {size} | `{digest}` |" for name, digest, size in files)
     # Backticks are escaped so no value can close the code fence and inject markdown.
@@ -293,6 +298,51 @@ def render_model_card(
         "Neural-network parameters sampled by an RPG generator (recurrent diffusion for "
         "parameter generation). Each `.safetensors` file is one state dict; rebuild the "
         "architecture named below and load it with `load_state_dict(..., strict=True)`.\n\n"
+        "## Files\n\n"
+        "| file | size (bytes) | sha256 |\n"
+        "|---|---|---|\n"
+        f"{rows}\n\n"
+        "## Generation settings\n\n"
+        f"```json\n{settings_json}\n```\n"
+    )
+
+
+def _adapter_card(
+    title: str,
+    files: Sequence[tuple[str, str, int]],
+    generation: Mapping[str, Any],
+    adapter: Mapping[str, Any],
+    tags: Sequence[str],
+) -> str:
+    """The model card of a job of PEFT adapter folders (see ``render_model_card``)."""
+    from huggingface_hub import ModelCardData
+
+    base_model = adapter.get("base_model")
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base_model or None,
+        tags=[*tags, "lora", "peft"],
+    )
+    rows = "\n".join(f"| `{name}` | {size} | `{digest}` |" for name, digest, size in files)
+    settings_json = json.dumps(dict(generation), indent=2, sort_keys=True, default=str)
+    settings_json = settings_json.replace("`", "\\u0060")
+    samples = sorted({name.split("/")[0] for name, _, _ in files if "/" in name})
+    first = samples[0] if samples else "sample_000"
+    base_line = (
+        f"`{base_model}`"
+        if base_model
+        else "the base network named in the settings below (its sha256 is recorded there)"
+    )
+    return (
+        f"---\n{data.to_yaml()}\n---\n\n"
+        f"# Generated LoRA adapters: {title}\n\n"
+        "LoRA adapters sampled by an RPG generator (recurrent diffusion for parameter "
+        f"generation). Each folder ({', '.join(f'`{s}`' for s in samples)}) is one PEFT adapter "
+        f"of {base_line}: load it with\n\n"
+        "```python\n"
+        "from peft import PeftModel\n"
+        f'model = PeftModel.from_pretrained(base, "<this repo>", subfolder="{title}/{first}")\n'
+        "```\n\n"
         "## Files\n\n"
         "| file | size (bytes) | sha256 |\n"
         "|---|---|---|\n"

@@ -89,11 +89,16 @@ class LocalStorage(Storage):
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise StorageError(f"local storage could not delete {key!r}: {exc}") from exc
-            folders.add(path.parent)
-        for folder in folders:
-            if folder != self.root:
-                with contextlib.suppress(OSError):  # not empty (other files): keep it
-                    folder.rmdir()
+            # Up to the key's own top folder (jobs/<id>, never jobs/ that other jobs share):
+            # an adapter job's files sit one level deeper, in jobs/<id>/sample_000/.
+            folders.update(
+                p
+                for p in path.parents
+                if p.is_relative_to(self.root) and len(p.relative_to(self.root).parts) >= 2
+            )
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # not empty (other files): keep it
+                folder.rmdir()
 
 
 def _atomic_copy(source: Path, destination: Path) -> None:
