@@ -99,11 +99,11 @@ def render() -> str:
         if parser.description:
             lines += [_cell(parser.description), ""]
         lines += ["| command | does |", "|---|---|"]
-        subparsers = next(
-            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-        )
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         for choice in subparsers._choices_actions:
-            lines.append(f"| [`rpg {choice.dest}`](#rpg-{choice.dest}) | {_cell(choice.help or '')} |")
+            lines.append(
+                f"| [`rpg {choice.dest}`](#rpg-{choice.dest}) | {_cell(choice.help or '')} |"
+            )
         lines.append("")
         for name, sub in _subcommands(parser):
             lines += _section(f"rpg {name}", sub, 2)
