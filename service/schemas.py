@@ -192,6 +192,11 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="attempts to deliver this job's webhook events, oldest first",
     )
+    webhook_warning: str | None = Field(
+        default=None,
+        description="why this job's webhook events are not being delivered (no webhook "
+        "sender, `rpg webhooks`, is running); null when nothing stands in the way",
+    )
 
 
 class JobList(BaseModel):
