@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         "--steps",
         type=int,
         help="training steps (default: the preset's recipe; conditional zoos have their own: "
-        "README, Task-conditioned generation)",
+        "docs/explanation/task-conditioning.md)",
     )
     train.add_argument("--token-size", type=int, help="values per token (default: the preset's)")
     train.add_argument("--seed", type=int, default=0)
