@@ -95,8 +95,7 @@ def test_a_finished_jobs_waiting_webhook_is_named_until_a_sender_delivers_it(
             env=env,
             capture_output=True,
             text=True,
-            # RQ's teardown can wait out its pubsub thread's 60 s poll (redis-py 8.2) at exit
-            timeout=150,
+            timeout=60,
         )
         assert sent.returncode == 0, sent.stderr
         receiver.wait_for(1)
