@@ -76,10 +76,10 @@ def started_pids(output: str) -> dict[str, int]:
     return {name: int(pid) for name, pid in found}
 
 
-def demo_command(bundle: Path, data_dir: Path) -> list[str]:
+def demo_command(bundle: Path, data_dir: Path, num_samples: int = 3) -> list[str]:
     return [
         sys.executable, "-m", "service.cli", "demo", "--quick", "--bundle", str(bundle),
-        "--data-dir", str(data_dir), "--device", "cpu", "-n", "3",
+        "--data-dir", str(data_dir), "--device", "cpu", "-n", str(num_samples),
     ]  # fmt: skip
 
 
@@ -127,7 +127,9 @@ def test_interrupted_demo_stops_what_it_started_and_keeps_a_running_redis(
     data_dir = tmp_path / "demo"
     ensure_embedded_redis(data_dir)  # already running: the demo must leave it alone
     process = subprocess.Popen(
-        demo_command(tiny_bundle, data_dir),
+        # 16 samples: a job long enough (about 2 s) that the interrupt lands while it runs,
+        # also on a loaded machine (3 took 0.3 s, and a full-suite run saw it finish first)
+        demo_command(tiny_bundle, data_dir, num_samples=16),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
