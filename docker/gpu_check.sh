@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU acceptance check: train and sample a tiny RPG generator on CUDA, print throughput and
 # timings, and fail (exit 1) when CUDA's float32 samples differ from the CPU's beyond the stated
-# tolerances. The last line of output is a JSON summary. 25 s on one H100 (README, "GPU check").
+# tolerances. The last line of output is a JSON summary. 25 s on one H100 (docs/benchmarks, "GPU check").
 #
 #   docker/gpu_check.sh                        # from a checkout (uses .venv when present)
 #   docker compose run --rm --entrypoint rpg-gpu-check worker      # inside the worker image

@@ -1,10 +1,11 @@
-"""Print every `worker.settings.Settings` field as a Markdown table (for the operations docs).
+"""Print every settings field as a Markdown table (the docs' settings reference).
 
     .venv/bin/python docker/settings_table.py > /tmp/table.md
 
-One row per field: the environment variable (`RPG_<FIELD>`), its default, its type and its
-description, all read from `Settings.model_fields`, so the table cannot drift from the code
-when it is regenerated (tests/test_deploy.py checks README.md against it).
+One row per field of `service.settings.GatewaySettings` (the worker's `Settings` plus the
+gateway's own): the environment variable (`RPG_<FIELD>`), its default, its type and its
+description, all read from `model_fields`, so the table cannot drift from the code. The docs
+site renders it at build time (docs/hooks/reference.py, page reference/settings.md).
 """
 
 from __future__ import annotations
@@ -78,11 +79,16 @@ def _default(field: FieldInfo) -> str:
     return str(value) if str(value) else "(empty)"
 
 
-def settings_rows() -> list[tuple[str, str, str, str]]:
-    """(variable, default, type, description) for every settings field, in declaration order."""
+def settings_rows(
+    only: set[str] | None = None, exclude: set[str] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """(variable, default, type, description) per settings field, in declaration order;
+    ``only`` / ``exclude`` pick fields by name."""
     prefix = str(Settings.model_config.get("env_prefix", ""))
     rows = []
     for name, field in Settings.model_fields.items():
+        if (only is not None and name not in only) or (exclude and name in exclude):
+            continue
         rows.append(
             (
                 f"{prefix}{name}".upper(),
@@ -94,10 +100,10 @@ def settings_rows() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def settings_table() -> str:
-    """The Markdown table (no trailing newline)."""
+def settings_table(only: set[str] | None = None, exclude: set[str] | None = None) -> str:
+    """The Markdown table (no trailing newline) of the fields `settings_rows` picks."""
     lines = ["| variable | default | type | meaning |", "|---|---|---|---|"]
-    for variable, default, type_name, description in settings_rows():
+    for variable, default, type_name, description in settings_rows(only, exclude):
         lines.append(f"| `{variable}` | `{default}` | {type_name} | {description} |")
     return "\n".join(lines)
 

@@ -167,12 +167,12 @@ _PAPER_UNET = (1, 32, 64, 128, 64, 32, 1)
 
 PRESETS: dict[str, Preset] = {
     # small, base and large follow the official configuration file named in `official`
-    # (bare Mamba2 stack, one shared condition projection, no EMA; README "Presets" compares
+    # (bare Mamba2 stack, one shared condition projection, no EMA; docs/benchmarks "Presets" compares
     # parameter counts). The tiny preset is ours, measured on this project's CPU: residual +
     # norm blocks, per-layer projections, EMA, and a CPU recipe (the official small-net file
     # trains 30k steps at lr 1e-4 on a GPU; ~1000 steps at 4e-3 with warm-up, cosine decay and
-    # EMA reach the zoo's accuracy in minutes here: README, "Results"). Its default sampler is
-    # DPM-Solver++ with 8 steps: within 0.1 point of DDIM-50 on both digits zoos (README,
+    # EMA reach the zoo's accuracy in minutes here: docs/benchmarks, "Results"). Its default sampler is
+    # DPM-Solver++ with 8 steps: within 0.1 point of DDIM-50 on both digits zoos (docs/benchmarks,
     # "Samplers").
     "tiny": Preset(
         name="tiny", d_model=256, d_state=32, token_size=256, channels=_PAPER_UNET,
@@ -183,7 +183,7 @@ PRESETS: dict[str, Preset] = {
         # Conditional zoos (the task zoo): 4x the checkpoints, a lower peak rate, and a
         # denoiser of half the widths (a quarter of the FLOPs per token) that trains on 8x
         # the tokens per step: 3x the tokens per second here, and the task lives in how many
-        # tokens the denoiser sees (README, "Task-conditioned generation").
+        # tokens the denoiser sees (docs/benchmarks, "Task-conditioned generation").
         conditional=Recipe(
             lr=2e-3, batch_size=32, diffusion_batch=1024, steps=3000,
             channels=(1, 16, 32, 64, 32, 16, 1), mean_head=True,

@@ -4,7 +4,7 @@ PyTorch's CPU allocator is plain ``malloc``/``free``. glibc serves a large block
 and returns it to the OS on ``free``, and trims the top of its heap when more than a
 threshold is free, so a training loop that allocates and frees the same activations every
 step pays for fresh zeroed pages every time: on the digits-mlp training step that was 14% of
-the step's time in the kernel (page faults), not in arithmetic (README, "Training speed").
+the step's time in the kernel (page faults), not in arithmetic (docs/benchmarks, "Training speed").
 """
 
 from __future__ import annotations

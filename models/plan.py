@@ -102,7 +102,7 @@ def official_parameter_count(preset: Preset) -> int:
 
 # ---------------------------------------------------------------------------- memory and FLOPs
 
-# Calibrated on this project's CPU host (README "Planning"): the `rpg` process before any
+# Calibrated on this project's CPU host (docs/benchmarks "Planning"): the `rpg` process before any
 # tensor, and the ratio of peak RSS to the backbone's live bytes per checkpointed piece
 # (glibc keeps the freed temporaries of one piece mapped while the next piece runs).
 RUNTIME_BYTES = 230 * 2**20

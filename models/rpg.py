@@ -9,7 +9,7 @@ With ``config.mean_head`` a linear head also reads each token's mean straight fr
 prototype, trained by plain regression, and the denoiser models only the residual around that
 mean (regression first, diffusion for what is left, as in Mardani et al. 2023, "Residual
 corrective diffusion"). A diffusion loss teaches the prototypes little about a small part of a
-token that moves with the condition (the digits task zoo's first layer: README,
+token that moves with the condition (the digits task zoo's first layer: docs/benchmarks,
 "Task-conditioned generation"); a regression loss on the token itself teaches it directly.
 No IO here: bundles and training live elsewhere.
 """
@@ -233,7 +233,7 @@ class RPGModel(nn.Module):
         regression = masked_mse(mean, x0, weights)
         # The backbone learns from the regression alone: the denoiser reads the prototypes
         # detached. With the denoiser's gradients in the backbone too, the regression learned
-        # the task zoo's first layer about 5x slower (README; likely through Adam's shared
+        # the task zoo's first layer about 5x slower (docs/benchmarks; likely through Adam's shared
         # step-size estimates, which the noisy diffusion gradients inflate).
         residual = x0 - mean.detach()
         return regression + diffusion_loss(

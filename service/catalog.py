@@ -1,7 +1,8 @@
 """The generators a gateway serves, read from their bundles' config.json (never the weights).
 
-Built once at start from `worker.registry.load_generator_configs(settings)`; used to validate
-requests and to answer ``GET /architectures``.
+Built once at start from `worker.registry.discover_generators(settings.generators)`; used to
+validate requests and to answer ``GET /architectures``, which also says where each name comes
+from (`models.naming`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
 
+from models.bundle import HF_PREFIX
+from models.naming import describe_origin, name_origin
 from models.request_check import default_sampling, num_timesteps
 from models.sampler_names import SamplerName
+
+if TYPE_CHECKING:
+    from worker.registry import GeneratorSource
 
 __all__ = ["Catalog", "GeneratorInfo"]
 
@@ -44,9 +51,10 @@ class GeneratorInfo:
     default_sampler: SamplerName
     default_steps: int
     num_timesteps: int
+    source: str = ""  # the bundle directory, or "hf://org/repo[@rev]"
 
     @classmethod
-    def from_config(cls, name: str, config: Mapping[str, Any]) -> GeneratorInfo:
+    def from_config(cls, name: str, config: Mapping[str, Any], source: str = "") -> GeneratorInfo:
         """Read the fields from a bundle's config.json dict."""
         condition = dict(config.get("condition") or {"kind": "none"})
         sampler, steps = default_sampling(config)
@@ -58,6 +66,7 @@ class GeneratorInfo:
             default_sampler=sampler,
             default_steps=steps,
             num_timesteps=num_timesteps(config),
+            source=source,
         )
 
     @property
@@ -76,6 +85,13 @@ class GeneratorInfo:
         """Class labels a ``task.positive_classes`` entry may name (may be empty)."""
         return [str(label) for label in self.condition.get("labels") or []]
 
+    def name_source(self) -> dict[str, Any]:
+        """Where the served name comes from, and how to choose another."""
+        origin = name_origin(self.config)
+        # a local bundle by its folder's name only: the gateway's paths are not the caller's
+        bundle = self.source if self.source.startswith(HF_PREFIX) else PurePath(self.source).name
+        return {"origin": origin, "bundle": bundle or None, "detail": describe_origin(origin)}
+
     def public(self) -> dict[str, Any]:
         """The ``GET /architectures`` entry."""
         zoo = self.config.get("zoo") or {}
@@ -83,6 +99,7 @@ class GeneratorInfo:
         checkpoints = zoo.get("num_checkpoints")
         return {
             "name": self.name,
+            "name_source": self.name_source(),
             "architecture": dict(self.config.get("architecture") or {}),
             "num_parameters": self.num_parameters,
             "condition": self.condition,
@@ -124,6 +141,16 @@ class Catalog:
     def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> Catalog:
         """From ``{name: config.json dict}``."""
         return cls({name: GeneratorInfo.from_config(name, cfg) for name, cfg in configs.items()})
+
+    @classmethod
+    def from_sources(cls, sources: Mapping[str, GeneratorSource]) -> Catalog:
+        """From `worker.registry.discover_generators`' ``{name: GeneratorSource}``."""
+        return cls(
+            {
+                name: GeneratorInfo.from_config(name, src.config, source=src.source)
+                for name, src in sources.items()
+            }
+        )
 
     def names(self) -> list[str]:
         """Generator names, sorted."""

@@ -36,7 +36,7 @@ __all__ = ["DEMO_TRAIN_CONFIG", "QUICK_TRAIN_CONFIG", "DemoError", "register", "
 
 # The recipe of the demo's generator: the one place to tune it. The tiny preset with fewer
 # steps than its default (1000) so that the demo trains in a few minutes on a laptop CPU;
-# README "Results" has the measured accuracy of both.
+# docs/benchmarks "Results" has the measured accuracy of both.
 DEMO_TRAIN_CONFIG = TrainConfig(preset="tiny", steps=500)
 # --quick: tiny dims and a few steps (tests, impatient users); its samples are near random.
 QUICK_TRAIN_CONFIG = TrainConfig(

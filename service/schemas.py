@@ -27,6 +27,7 @@ __all__ = [
     "JobPublic",
     "JobResult",
     "Limits",
+    "NameSource",
     "Problem",
     "ResultFile",
     "TaskSpec",
@@ -192,6 +193,11 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="attempts to deliver this job's webhook events, oldest first",
     )
+    webhook_warning: str | None = Field(
+        default=None,
+        description="why this job's webhook events are not being delivered (no webhook "
+        "sender, `rpg webhooks`, is running); null when nothing stands in the way",
+    )
 
 
 class JobList(BaseModel):
@@ -203,10 +209,23 @@ class JobList(BaseModel):
     )
 
 
+class NameSource(BaseModel):
+    """Where a served generator's name comes from (`models.naming`)."""
+
+    origin: Literal["train --name", "zoo architecture", "zoo folder", "config.json"] = Field(
+        description="'train --name': chosen with `rpg train --name`; 'zoo architecture': the "
+        "training zoo's architecture name; 'zoo folder': the training zoo's folder name; "
+        "'config.json': the bundle's config says so"
+    )
+    bundle: str | None = Field(description="the bundle's folder name, or its hf:// id")
+    detail: str = Field(description="the same in words, and how to choose another name")
+
+
 class ArchitecturePublic(BaseModel):
     """A generator this deployment serves."""
 
     name: str = Field(description="pass as 'architecture' to POST /generate")
+    name_source: NameSource
     architecture: dict[str, Any] = Field(
         description="spec to rebuild the nn.Module: {name, builder, kwargs}"
     )

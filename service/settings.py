@@ -12,7 +12,7 @@ __all__ = ["GatewaySettings"]
 
 
 class GatewaySettings(Settings):
-    """Settings of a gateway process (see the README's operations section)."""
+    """Settings of a gateway process (docs/reference/settings.md lists every field)."""
 
     host: str = "127.0.0.1"
     port: int = 8000

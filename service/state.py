@@ -21,7 +21,7 @@ from service.settings import GatewaySettings
 from worker.queue import live_workers, queue_depth, read_job_stats
 from worker.queue.keys import redis_url
 from worker.queue.operations import AsyncSubmitter
-from worker.registry import load_generator_configs
+from worker.registry import discover_generators
 from worker.storage import Storage, make_storage
 
 __all__ = ["Gateway", "build_gateway"]
@@ -90,7 +90,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     misconfigured gateway stops at start instead of failing requests.
     """
     keyring = ApiKeyring.parse(list(settings.api_key_hashes))
-    catalog = Catalog.from_configs(load_generator_configs(settings))
+    catalog = Catalog.from_sources(discover_generators(settings.generators))
     storage = make_storage(settings.storage_settings())
     secret = settings.resolved_signing_secret() if settings.storage == "local" else None
     url = redis_url(settings)

@@ -191,7 +191,7 @@ def _validated(context: WorkerContext, payload: dict[str, Any]) -> JobRequest:
     return request
 
 
-# Denoiser rows per call when settings leave it to the device (README "Samplers": on this
+# Denoiser rows per call when settings leave it to the device (docs/benchmarks "Samplers": on this
 # CPU a row costs 1.2-1.5 ms in calls of ~40 rows and 2.9-4.7 ms in calls of 1024).
 CPU_CHUNK_SIZE = 64
 ACCELERATOR_CHUNK_SIZE = 1024

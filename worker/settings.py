@@ -31,7 +31,7 @@ def split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Deployment settings (defaults suit one machine; see the README's operations section)."""
+    """Deployment settings (defaults suit one machine; docs/reference/settings.md lists every field)."""
 
     model_config = SettingsConfigDict(env_prefix="RPG_", extra="ignore")
 

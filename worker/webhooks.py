@@ -19,6 +19,7 @@ refused always.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -38,6 +39,8 @@ import httpx
 import redis as redis_lib
 from rq import Queue, Retry, get_current_job
 from rq.serializers import JSONSerializer
+
+from worker.webhook_senders import pending_key
 
 __all__ = [
     "EVENTS",
@@ -243,11 +246,13 @@ def enqueue_delivery(
     retries: int = 5,
     backoff_s: float = 2.0,
     timeout_s: float = 10.0,
+    record_ttl_s: int = 7 * 24 * 3600,
 ) -> str | None:
     """Queue one delivery of ``document`` for ``event``; returns its message id.
 
-    Never raises: a webhook must not fail the job that emits it (a Redis error is logged
-    and the event is dropped, returning None).
+    The message id waits in the job's pending set until its last attempt (so the job can say
+    when no sender is there to deliver it). Never raises: a webhook must not fail the job
+    that emits it (a Redis error is logged and the event is dropped, returning None).
     """
     if event not in EVENTS:
         raise ValueError(f"unknown webhook event {event!r}; one of {', '.join(EVENTS)}")
@@ -260,7 +265,13 @@ def enqueue_delivery(
         "body": json.dumps(document, separators=(",", ":"), sort_keys=True),
     }
     intervals = [max(1, round(backoff_s * 2**i)) for i in range(retries)]
+    pending = pending_key(job_id)
     try:
+        # pending first: a fast sender may finish the delivery before enqueue returns
+        with connection.pipeline() as pipe:
+            pipe.sadd(pending, message_id)
+            pipe.expire(pending, record_ttl_s)
+            pipe.execute()
         webhook_queue(connection).enqueue(
             "worker.webhooks.deliver",
             payload,
@@ -273,6 +284,8 @@ def enqueue_delivery(
         )
     except redis_lib.RedisError as exc:
         log.warning("webhook %s of job %s not queued: %s", event, job_id, exc)
+        with contextlib.suppress(redis_lib.RedisError):
+            connection.srem(pending, message_id)
         return None
     return message_id
 
@@ -288,12 +301,18 @@ def install_config(config: WebhookConfig | None) -> None:
     _config = config
 
 
-def _record(connection: redis_lib.Redis, job_id: str, entry: dict[str, Any], ttl_s: int) -> None:
+def _record(
+    connection: redis_lib.Redis, job_id: str, entry: dict[str, Any], ttl_s: int, *, last: bool
+) -> None:
+    """Append the attempt to the job's record; after its ``last`` attempt the event no
+    longer waits."""
     key = deliveries_key(job_id)
     with connection.pipeline() as pipe:
         pipe.rpush(key, json.dumps(entry))
         pipe.ltrim(key, -MAX_RECORDED, -1)
         pipe.expire(key, ttl_s)
+        if last:
+            pipe.srem(pending_key(job_id), entry["message_id"])
         pipe.execute()
 
 
@@ -333,7 +352,9 @@ def deliver(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     attempt = 1
     connection = None
+    retries_left = 0
     if job is not None:  # count attempts in the RQ job's meta (it survives retries)
+        retries_left = int(job.retries_left or 0)
         attempt = int(job.meta.get("attempt", 0)) + 1
         job.meta["attempt"] = attempt
         job.save_meta()
@@ -371,8 +392,10 @@ def deliver(payload: dict[str, Any]) -> dict[str, Any]:
             if not 200 <= status < 300:
                 failure = f"the receiver answered {status}"
     if connection is not None:
+        # refused targets are not retried; a failure is retried while RQ has retries left
+        last = failure is None or not retries_left
         try:
-            _record(connection, payload["job_id"], entry, config.record_ttl_s)
+            _record(connection, payload["job_id"], entry, config.record_ttl_s, last=last)
         except redis_lib.RedisError as exc:
             log.warning("webhook attempt of job %s not recorded: %s", payload["job_id"], exc)
     if failure is not None:

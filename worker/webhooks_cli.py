@@ -55,22 +55,33 @@ def webhook_config(settings: Settings) -> WebhookConfig:
 
 
 def run_webhook_sender(
-    connection: redis_lib.Redis, config: WebhookConfig, *, burst: bool = False
+    connection: redis_lib.Redis,
+    config: WebhookConfig,
+    *,
+    burst: bool = False,
+    heartbeat_interval_s: float = 5.0,
 ) -> bool:
-    """Deliver until stopped (SIGINT/SIGTERM), or until nothing is queued with ``burst``."""
+    """Deliver until stopped (SIGINT/SIGTERM), or until nothing is queued with ``burst``.
+
+    While it runs, a heartbeat says a sender is alive (jobs and ``/readyz`` read it).
+    """
     from rq import SimpleWorker
 
+    from worker.webhook_senders import SenderHeartbeat
     from worker.webhooks import install_config, webhook_queue
 
     queue = webhook_queue(connection)
     worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    heartbeat = SenderHeartbeat(connection, heartbeat_interval_s)
     install_config(config)
+    heartbeat.start()
     try:
         return worker.work(
             burst=burst, with_scheduler=True, logging_level="WARNING" if burst else "INFO"
         )
     finally:
+        heartbeat.stop()
         install_config(None)
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -96,5 +107,10 @@ def _run(args: argparse.Namespace) -> int:
         "RPG_WEBHOOK_SECRET" if settings.webhook_secret else f"{settings.data_dir}/webhook_secret"
     )
     print(f"rpg webhooks: delivering; signing secret from {where}", flush=True)
-    run_webhook_sender(connect(settings), config, burst=args.burst)
+    run_webhook_sender(
+        connect(settings),
+        config,
+        burst=args.burst,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
     return 0

@@ -210,7 +210,7 @@ class Mamba2(nn.Module):
         # causal. It runs as a 2-D conv on (b, conv_dim, 1, L) laid out channels last (the
         # in_proj output as it is), which leaves its output time-major, (b, L, conv_dim), as
         # the scan reads it: 1.7x faster forward + backward than conv1d and the transposes
-        # around it (README, Training speed).
+        # around it (docs/benchmarks, Training speed).
         weight = self.conv1d.weight.unsqueeze(2)  # (conv_dim, 1, 1, d_conv)
         xBC = F.conv2d(
             xBC.transpose(1, 2).unsqueeze(2),  # (b, conv_dim, 1, L), channels fastest

@@ -1,4 +1,4 @@
-"""`rpg bench quality` and `rpg bench speed`: the numbers in the README come from here.
+"""`rpg bench quality` and `rpg bench speed`: the numbers on docs/benchmarks/index.md come from here.
 
 quality: build (or reuse) a digits zoo, train the tiny generator, sample N models with DDIM
 and N with DDPM, evaluate accuracy and novelty against the zoo, print one table with the

@@ -1,4 +1,4 @@
-"""Sampler benchmarks: the "Samplers" and "Sampling memory and batching" numbers in the README.
+"""Sampler benchmarks: the "Samplers" and "Sampling memory and batching" numbers on docs/benchmarks/index.md.
 
     python -m models.bench.samplers quality BUNDLE ZOO [--seeds 0 1 2] [--num-samples 8]
     python -m models.bench.samplers batching BUNDLE [--num-samples 8] [--steps 50]

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         "--steps",
         type=int,
         help="training steps (default: the preset's recipe; conditional zoos have their own: "
-        "README, Task-conditioned generation)",
+        "docs/explanation/task-conditioning.md)",
     )
     train.add_argument("--token-size", type=int, help="values per token (default: the preset's)")
     train.add_argument("--seed", type=int, default=0)
@@ -126,9 +126,14 @@ def _train(args: argparse.Namespace) -> int:
         micro_batch=args.micro_batch,
         checkpoint_chunk=args.checkpoint_chunk,
     )
+    from models.bundle import read_config
+    from models.naming import describe_origin, name_origin
+
     result = train(args.zoo, args.out, options)
     print(
         f"trained {result.steps} steps in {result.seconds:.1f}s ({result.steps_per_second:.2f} steps/s); "
         f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}; bundle: {result.bundle}"
     )
+    config = read_config(Path(result.bundle))
+    print(f"served as {config['name']!r}: {describe_origin(name_origin(config))}")
     return 0

@@ -199,7 +199,7 @@ def sample_dpm_solver_pp(
     `spacing="logsnr"`. Log-SNR spacing is the more accurate with an exact noise predictor,
     but its first steps jump far from pure noise, where a trained denoiser's data prediction
     is poorest, and the multistep extrapolation carries that error on: with 5 steps it gave
-    digits-cnn models at chance accuracy where "trailing" gave 0.93-0.98 (README, "Samplers").
+    digits-cnn models at chance accuracy where "trailing" gave 0.93-0.98 (docs/benchmarks, "Samplers").
     The first step is first order (there is no earlier prediction yet) and so
     is the last, which goes to clean data (`a = 1`, lambda = +inf) and returns the final data
     prediction, as DDIM does. `clip_x0` clamps each data prediction. Returns x_0 `(N, D)`

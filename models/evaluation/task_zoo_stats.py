@@ -5,7 +5,7 @@ the tokenizer normalizes by (the mean per-checkpoint std), and what accuracy the
 tasks keep when that tensor is replaced by the zoo average, or by the average moved only part
 of the way towards the task's own tensor. A tensor whose task-specific part is small against
 its spread, yet costs accuracy when averaged, is the one a generator must learn precisely
-(README, "Task-conditioned generation").
+(docs/benchmarks, "Task-conditioned generation").
 """
 
 from __future__ import annotations

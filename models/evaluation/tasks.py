@@ -16,7 +16,7 @@ negative), so every set also reports:
 With ``swap_tensors``, every generated model is also scored once per tensor with that one
 tensor taken from the task's first trained checkpoint: the tensor whose swap recovers the
 most accuracy is the part of the model the generator gets wrong (on the digits task zoo,
-``fc1.weight``: README, "Task-conditioned generation").
+``fc1.weight``: docs/benchmarks, "Task-conditioned generation").
 
 Reports are plain JSON-safe dicts with accuracies as fractions; ``rpg evaluate`` (``models.cli.evaluate``) prints them.
 """

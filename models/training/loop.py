@@ -25,6 +25,7 @@ from models.config import PRESETS
 from models.fileio import save_safetensors
 from models.generator import Generator
 from models.heap import keep_freed_memory
+from models.naming import choose_name
 from models.rpg import RPGModel
 from models.tokenizer import ParameterTokenizer
 from models.training.data import ZooTokens, fit_tokenizer
@@ -206,7 +207,7 @@ def _bundle_meta(
     device: torch.device,
 ) -> dict[str, Any]:
     known = [float(a) for a in zoo.accuracies() if a is not None]
-    name = options.name or (zoo.architecture or {}).get("name") or zoo_path.name
+    name, _ = choose_name(options.name, zoo.architecture, zoo_path)
     return {
         "name": name,
         "architecture": zoo.architecture,

@@ -61,7 +61,7 @@ class TrainConfig:
     granularity: Granularity = "tensor"
     # Which tokens the denoiser trains on each step: "uniform" over the batch's tokens, or
     # "tensor": every tensor gets an equal share (token_weights_for). None: "tensor" on a
-    # conditional zoo, "uniform" otherwise (README, "Task-conditioned generation").
+    # conditional zoo, "uniform" otherwise (docs/benchmarks, "Task-conditioned generation").
     token_weighting: TokenWeighting | None = None
     # A regression head for each token's mean, with the denoiser modelling the residual
     # (RPGModel). None: the preset's recipe decides (on for conditional zoos).

@@ -1,4 +1,9 @@
-"""``/healthz`` (process alive), ``/readyz`` (can serve: Redis and a worker), ``/metrics``."""
+"""``/healthz`` (process alive), ``/readyz`` (can serve: Redis and a worker), ``/metrics``.
+
+``/readyz`` also reports the webhook senders (``rpg webhooks``) in its checks. They do not
+decide readiness: without one the gateway still generates, and webhook events wait in their
+queue (each job that has some says so).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.deps import GatewayDep
 from service.problems import ProblemError
 from worker.queue import live_workers
+from worker.webhook_senders import live_senders
+from worker.webhooks import webhook_queue
 
 __all__ = ["router"]
 
@@ -29,7 +36,8 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Redis unreachable or no live worker; see checks"}},
 )
 def readyz(gateway: GatewayDep) -> dict[str, Any]:
-    """Readiness: Redis answers AND at least one worker's heartbeat is fresh."""
+    """Readiness: Redis answers AND at least one worker's heartbeat is fresh. ``checks``
+    also says whether a webhook sender is alive (not a condition of readiness)."""
     checks: dict[str, str] = {}
     failed: list[str] = []
     try:
@@ -40,9 +48,11 @@ def readyz(gateway: GatewayDep) -> dict[str, Any]:
         if not workers:
             checks["workers"] = "no live worker"
             failed.append("workers")
+        checks["webhooks"] = _webhook_senders(gateway.probe)
     except (redis.RedisError, OSError) as exc:
         checks["redis"] = f"unreachable ({type(exc).__name__}: {exc})"
         checks["workers"] = "unknown (Redis unreachable)"
+        checks["webhooks"] = "unknown (Redis unreachable)"
         failed.append("redis")
     if failed:
         raise ProblemError(
@@ -56,6 +66,16 @@ def readyz(gateway: GatewayDep) -> dict[str, Any]:
             extra={"checks": checks, "failed": failed},
         )
     return {"status": "ready", "checks": checks}
+
+
+def _webhook_senders(connection: redis.Redis) -> str:
+    senders = live_senders(connection)
+    if senders:
+        return f"{len(senders)} sender(s) live"
+    waiting = webhook_queue(connection).count
+    return (
+        f"no sender alive: {waiting} delivery(ies) queued; webhooks wait until `rpg webhooks` runs"
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,8 +127,16 @@ def test_interrupted_demo_stops_what_it_started_and_keeps_a_running_redis(
 ) -> None:
     data_dir = tmp_path / "demo"
     ensure_embedded_redis(data_dir)  # already running: the demo must leave it alone
+    # A copy whose default sampler is DDPM (all 1,000 steps): the job runs for seconds, so
+    # the interrupt lands while it runs even on a loaded machine (with the bundle's 8-step
+    # default the job took 0.3 s, and twice in full-suite runs the demo finished first).
+    slow = tmp_path / "slow-bundle"
+    shutil.copytree(tiny_bundle, slow)
+    config = json.loads((slow / "config.json").read_text())
+    config["defaults"] = {"sampler": "ddpm", "steps": 1000}
+    (slow / "config.json").write_text(json.dumps(config))
     process = subprocess.Popen(
-        demo_command(tiny_bundle, data_dir),
+        demo_command(slow, data_dir),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

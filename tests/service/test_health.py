@@ -37,10 +37,11 @@ def test_readyz_passes_with_a_live_worker(gateway: LiveGateway) -> None:
     try:
         response = gateway.http.get("/readyz")
         assert response.status_code == 200, response.text
-        assert response.json() == {
-            "status": "ready",
-            "checks": {"redis": "ok", "workers": "1 live"},
-        }
+        body = response.json()
+        assert body["status"] == "ready"
+        assert body["checks"]["redis"] == "ok" and body["checks"]["workers"] == "1 live"
+        # webhook senders are reported, not required (tests/service/test_webhook_sender.py)
+        assert body["checks"]["webhooks"].startswith("no sender alive: 0 delivery(ies) queued")
     finally:
         heartbeat.stop()
     assert gateway.http.get("/readyz").status_code == 503

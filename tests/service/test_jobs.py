@@ -19,8 +19,10 @@ def submit(gateway: LiveGateway) -> dict[str, object]:
     "job_id", ["ffffffffffffffffffffffffffffffff", "not-a-job", "x" * 300, "..", "a%20b"]
 )
 def test_unknown_job_is_a_404_problem(gateway: LiveGateway, job_id: str) -> None:
-    assert_problem(gateway.http.get(f"/jobs/{job_id}"), 404)
-    assert_problem(gateway.http.post(f"/jobs/{job_id}/cancel"), 404)
+    # as an API client asks: httpx resolves "/jobs/.." to "/", the web page for HTML clients
+    json_only = {"Accept": "application/json"}
+    assert_problem(gateway.http.get(f"/jobs/{job_id}", headers=json_only), 404)
+    assert_problem(gateway.http.post(f"/jobs/{job_id}/cancel", headers=json_only), 404)
 
 
 def test_job_reports_its_queue_position(gateway: LiveGateway) -> None:

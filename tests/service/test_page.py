@@ -45,7 +45,6 @@ needs_browser = pytest.mark.skipif(
 def test_page_and_its_static_files_are_served(gateway: LiveGateway) -> None:
     page = gateway.http.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert_problem(gateway.http.get("/"), 404)  # API clients: a problem pointing at /docs
     assert '<script src="/static/app.js"' in page.text
     script = gateway.http.get("/static/app.js")
     assert script.headers["content-type"].startswith("text/javascript")
@@ -53,6 +52,30 @@ def test_page_and_its_static_files_are_served(gateway: LiveGateway) -> None:
     assert gateway.http.get("/static/style.css").status_code == 200
     for name in ("../app.py", "nope.js", "%2e%2e%2fapp.py"):
         assert gateway.http.get(f"/static/{name}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "accept", [None, "*/*", "text/*", "application/json;q=0.9, text/html;q=0.1"]
+)
+def test_curl_gets_the_page(gateway: LiveGateway, accept: str | None) -> None:
+    # curl sends Accept: */*; a client that sends no Accept admits everything (RFC 9110)
+    headers = {} if accept is None else {"Accept": accept}
+    request = gateway.http.build_request("GET", "/", headers=headers)
+    if accept is None:
+        del request.headers["Accept"]
+    page = gateway.http.send(request)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>" in page.text
+
+
+@pytest.mark.parametrize("accept", ["application/json", "text/html;q=0, application/json"])
+def test_a_client_that_refuses_html_is_told_where_the_page_is(
+    gateway: LiveGateway, accept: str
+) -> None:
+    response = gateway.http.get("/", headers={"Accept": accept})
+    problem = assert_problem(response, 404)
+    assert f"open {gateway.url}/ in a browser" in problem["detail"]
+    assert f"{gateway.url}/docs" in problem["detail"]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from rq import SimpleWorker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.worker.webhook_receiver import Receiver
+from worker.webhook_senders import pending_count, pending_key
 from worker.webhooks import (
     Target,
     WebhookConfig,
@@ -236,6 +237,35 @@ def test_targets_are_checked_again_at_delivery(redis_url: str, receiver: Receive
     (record,) = deliveries(connection, "job-4")
     assert record["error"].startswith("refused: webhook must be an https URL")
     assert len(webhook_queue(connection).scheduled_job_registry) == 0  # not retried
+
+
+def test_an_event_waits_until_its_last_attempt(redis_url: str, receiver: Receiver) -> None:
+    connection = redis.Redis.from_url(redis_url)
+    receiver.statuses = [500, 500]
+    message_id = enqueue_delivery(
+        connection,
+        job_id="job-5",
+        event="completed",
+        url=receiver.url,
+        document=DOCUMENT,
+        retries=1,
+        backoff_s=1.0,
+    )
+    assert pending_count(connection, "job-5") == 1
+    config = WebhookConfig(secret=SECRET, allow_private=True)
+    run_deliveries(connection, config)
+    assert pending_count(connection, "job-5") == 1  # failed, with a retry to come
+    time.sleep(1.1)
+    run_deliveries(connection, config, scheduler=True)
+    assert [r["attempt"] for r in deliveries(connection, "job-5")] == [1, 2]
+    assert pending_count(connection, "job-5") == 0  # out of retries: nothing waits
+    assert connection.ttl(pending_key("job-5")) == -2  # the empty set is gone
+    delivered = enqueue_delivery(
+        connection, job_id="job-6", event="start", url=receiver.url, document=DOCUMENT
+    )
+    receiver.statuses = [204]
+    run_deliveries(connection, config)
+    assert pending_count(connection, "job-6") == 0 and delivered != message_id
 
 
 def test_enqueue_never_raises_when_redis_is_down() -> None:

@@ -43,6 +43,7 @@ PUBLIC_FIELDS = (
     "queue_position",
     "attempts",
     "webhook_deliveries",
+    "webhook_warning",
 )
 
 
@@ -78,6 +79,7 @@ def emit(
                 retries=settings.webhook_retries,
                 backoff_s=settings.webhook_backoff_s,
                 timeout_s=settings.webhook_timeout_s,
+                record_ttl_s=settings.result_ttl_s,
             )
             is not None
         )

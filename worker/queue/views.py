@@ -27,6 +27,7 @@ from worker.queue.keys import (
     rq_queue,
     worker_key,
 )
+from worker.webhook_senders import live_senders, pending_count
 from worker.webhooks import deliveries
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "live_workers",
     "public_status",
     "queue_depth",
+    "webhook_warning",
 ]
 
 
@@ -74,6 +76,7 @@ class JobView:
     cancel_requested: bool = False
     queue_position: int | None = None  # 0-based, while queued
     webhook_deliveries: list[dict[str, Any]] = field(default_factory=list)  # attempts, oldest first
+    webhook_warning: str | None = None  # why the webhook's events are not being delivered
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of all fields."""
@@ -204,6 +207,32 @@ def get_job(
         cancel_requested=bool(connection.exists(cancel_key(job.id))),
         queue_position=position,
         webhook_deliveries=deliveries(connection, job.id) if request.get("webhook") else [],
+        webhook_warning=(
+            webhook_warning(connection, job.id, finished=not running)
+            if request.get("webhook")
+            else None
+        ),
+    )
+
+
+def webhook_warning(connection: redis_lib.Redis, job_id: str, *, finished: bool) -> str | None:
+    """Why a job's webhook events are not delivered, or None while nothing stands in the way.
+
+    Only a missing sender is said here (a receiver's failures show in the deliveries): the
+    job asked for a webhook, some of its events wait or are still to come, and no
+    `rpg webhooks` process is alive to deliver them.
+    """
+    waiting = pending_count(connection, job_id)
+    if (finished and not waiting) or live_senders(connection):
+        return None
+    if waiting:
+        return (
+            f"{waiting} webhook event(s) of this job wait in the queue: no webhook sender is "
+            "running (start `rpg webhooks`); they are delivered once one runs"
+        )
+    return (
+        "no webhook sender is running (start `rpg webhooks`): this job's webhook events will "
+        "wait in the queue until one runs"
     )
 
 
