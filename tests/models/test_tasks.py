@@ -29,6 +29,7 @@ from models.evaluation.tasks import (
 from models.generator import Generator
 from models.rpg import RPGModel
 from models.training import TrainConfig, train
+from models.training.options import default_diffusion_batch
 from models.zoo import digits, tasks
 from models.zoo.store import ZOO_FILE, Zoo, ZooCheckpoint, ZooError, load_zoo, save_zoo
 
@@ -233,7 +234,10 @@ def test_training_is_conditional_and_skips_heldout(
     assert recipe is not None
     assert config["training"]["token_weighting"] == "tensor"
     assert config["training"]["lr"] == recipe.lr
-    assert config["training"]["diffusion_batch"] == recipe.diffusion_batch
+    # The recipe's value, capped by the one rule for tiny zoos (two draws per real token).
+    num_tokens = Generator.from_pretrained(tmp_path / "b").tokenizer.num_tokens
+    expected = default_diffusion_batch(recipe.diffusion_batch, 10, num_tokens)
+    assert config["training"]["diffusion_batch"] == expected
     assert config["model"]["mean_head"] is recipe.mean_head is True
     assert config["zoo"]["num_checkpoints"] == len(training) * 2  # held-out ones never loaded
 
