@@ -93,7 +93,11 @@ def _sample(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"error: {error.field}: {error.message}", file=sys.stderr)
         return 2
-    generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
+    try:
+        generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.merge and not generator.is_adapter:
         print(
             f"error: --merge is for adapter generators; {generator.name!r} makes whole networks",

@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
 from models.zoo import digits
@@ -36,7 +35,7 @@ def _fail(e: Exception) -> int:
 def summarize(zoo: Zoo) -> dict[str, Any]:
     """JSON-safe summary of a zoo: architecture, size, runs, accuracy statistics."""
     # Sizes come from one checkpoint: load_zoo already checked that all have the same shapes.
-    first = load_file(zoo.files()[0], device="cpu")
+    first = zoo.read(zoo.files()[0])
     accs = [a for a in zoo.accuracies() if a is not None]
     stats: dict[str, Any] | None = None
     if accs:
