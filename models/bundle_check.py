@@ -26,7 +26,7 @@ from models.rpg import RPGModel
 from models.safefiles import SafetensorsHeader, read_safetensors_header
 from models.tokenizer import ParameterTokenizer
 
-__all__ = ["CheckedBundle", "check_bundle"]
+__all__ = ["CheckedBundle", "CheckedConfig", "check_bundle", "check_config"]
 
 # safetensors dtype names of the torch dtypes a generator's state dict holds.
 _TORCH_TO_SAFETENSORS = {
@@ -41,11 +41,19 @@ _TORCH_TO_SAFETENSORS = {
 
 
 @dataclass(frozen=True)
-class CheckedBundle:
-    """What `check_bundle` read: the tokenizer, the network's config, the weights' header."""
+class CheckedConfig:
+    """What `check_config` read: the tokenizer, the network's config and its state's shapes."""
 
     tokenizer: ParameterTokenizer
     model_config: RPGConfig
+    # Name -> (shape, safetensors dtype) of the state dict config.json implies.
+    expected: dict[str, tuple[tuple[int, ...], str]]
+
+
+@dataclass(frozen=True)
+class CheckedBundle(CheckedConfig):
+    """`CheckedConfig` plus the weights' header it was compared with."""
+
     header: SafetensorsHeader
 
 
@@ -95,14 +103,12 @@ def _expected_state(
     }
 
 
-def check_bundle(
+def check_config(
     directory: Path, config: dict[str, Any], limits: FileLimits = DEFAULT_LIMITS
-) -> CheckedBundle:
-    """Check that config.json describes model.safetensors exactly, building nothing real.
-
-    Raises `BundleError` with one line naming the first disagreement (a missing or extra
-    tensor, a shape or dtype) or the limit a size exceeds.
-    """
+) -> CheckedConfig:
+    """Check config.json alone: its tokenizer and model parse, and what they imply stays
+    within `limits` (the network is built on the meta device only). A gateway, which never
+    reads weights, checks this much; `BundleError` (one line) otherwise."""
     where = directory / "config.json"
     tokenizer = _tokenizer(config, where, limits)
     try:
@@ -114,11 +120,26 @@ def check_bundle(
             f"{where}: model token_size {model_config.token_size} differs from the tokenizer's "
             f"{tokenizer.token_size}"
         )
+    return CheckedConfig(
+        tokenizer, model_config, _expected_state(model_config, tokenizer, where, limits)
+    )
+
+
+def check_bundle(
+    directory: Path, config: dict[str, Any], limits: FileLimits = DEFAULT_LIMITS
+) -> CheckedBundle:
+    """Check that config.json describes model.safetensors exactly, building nothing real.
+
+    Raises `BundleError` with one line naming the first disagreement (a missing or extra
+    tensor, a shape or dtype) or the limit a size exceeds.
+    """
+    checked = check_config(directory, config, limits)
+    where = directory / "config.json"
     try:
         header = read_safetensors_header(directory / WEIGHTS_NAME, limits)
     except UnsafeFileError as exc:
         raise BundleError(str(exc)) from None
-    expected = _expected_state(model_config, tokenizer, where, limits)
+    expected = checked.expected
     found = header.shapes()
     missing = [name for name in expected if name not in found]
     extra = [name for name in found if name not in expected]
@@ -134,4 +155,4 @@ def check_bundle(
                 f"{name!r} of shape {list(shape)} {dtype}, the weights hold "
                 f"{list(found[name][0])} {found[name][1]} (numel {math.prod(found[name][0])})"
             )
-    return CheckedBundle(tokenizer, model_config, header)
+    return CheckedBundle(checked.tokenizer, checked.model_config, expected, header)
