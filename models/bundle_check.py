@@ -57,10 +57,29 @@ class CheckedBundle(CheckedConfig):
     header: SafetensorsHeader
 
 
+# How many modules a config may ask for: building modules costs Python objects even on the
+# meta device, and the presets stay far below (2 layers, 5-7 denoiser channels, T = 1000).
+MAX_LAYERS = 256
+MAX_DENOISER_CHANNELS = 64
+MAX_TIMESTEPS = 100_000
+
+
+def _structure(model_config: RPGConfig, where: Path) -> None:
+    """Bound the counts that decide how many modules (not how large) the network has."""
+    counts = {
+        "backbone.num_layers": (model_config.backbone.num_layers, MAX_LAYERS),
+        "denoiser.channels": (len(model_config.denoiser.channels), MAX_DENOISER_CHANNELS),
+        "diffusion.num_timesteps": (model_config.diffusion.num_timesteps, MAX_TIMESTEPS),
+    }
+    for field, (value, bound) in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= bound:
+            raise BundleError(f"{where}: model {field} is {value!r}; expected 1..{bound}")
+
+
 def _tokenizer(config: dict[str, Any], where: Path, limits: FileLimits) -> ParameterTokenizer:
     try:
         tokenizer = ParameterTokenizer.from_dict(config["tokenizer"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # any failure to parse untrusted JSON is this bundle's fault
         raise BundleError(f"{where}: 'tokenizer' is malformed ({_first_line(exc)})") from None
     if tokenizer.num_parameters > limits.max_target_parameters:
         raise BundleError(
@@ -88,7 +107,7 @@ def _expected_state(
     try:
         with torch.device("meta"):
             model = RPGModel(model_config, positions.to("meta"))
-    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+    except Exception as exc:  # the values are untrusted: any failure is this config's fault
         raise BundleError(f"{where}: 'model' cannot be built ({_first_line(exc)})") from None
     tensors = [*model.parameters(), *model.buffers()]
     total = sum(t.numel() for t in tensors)
@@ -113,7 +132,10 @@ def check_config(
     tokenizer = _tokenizer(config, where, limits)
     try:
         model_config = RPGConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as exc:
+        _structure(model_config, where)
+    except BundleError:
+        raise
+    except Exception as exc:  # any failure to parse untrusted JSON is this bundle's fault
         raise BundleError(f"{where}: 'model' is malformed ({_first_line(exc)})") from None
     if model_config.token_size != tokenizer.token_size:
         raise BundleError(
