@@ -40,6 +40,7 @@ __all__ = [
     "TensorInfo",
     "UnsafeFileError",
     "inside",
+    "link_root",
     "load_safetensors",
     "parse_json",
     "read_json",
@@ -103,9 +104,19 @@ class SafetensorsHeader:
 # ---------------------------------------------------------------------------- paths
 
 
+def link_root(folder: str | os.PathLike[str]) -> Path:
+    """The folder that links inside ``folder`` may lead into: ``folder`` itself (resolved),
+    or for a snapshot of huggingface_hub's cache (``models--org--name/snapshots/<commit>``,
+    whose files are links to ``../../blobs/<hash>``) that repo's cache folder."""
+    root = Path(folder).resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.parent.parent
+    return root
+
+
 def inside(folder: str | os.PathLike[str], name: str) -> Path:
     """``folder / name``, refused unless ``name`` is a plain file name and the path, with
-    every symlink resolved, is still inside ``folder`` (itself resolved)."""
+    every symlink resolved, is still inside ``folder`` (``link_root``)."""
     if (
         not isinstance(name, str)
         or name in ("", ".", "..")
@@ -114,9 +125,9 @@ def inside(folder: str | os.PathLike[str], name: str) -> Path:
         or "\x00" in name
     ):
         raise UnsafeFileError(f"{folder}: {name!r} is not a plain file name inside the folder")
-    root = Path(folder).resolve()
-    target = (root / name).resolve()
-    if target.parent != root:
+    root = link_root(folder)
+    target = (Path(folder).resolve() / name).resolve()
+    if root not in target.parents:
         raise UnsafeFileError(
             f"{Path(folder) / name}: a symlink that leads outside its folder ({target}); "
             "copy the file into the folder instead"
