@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from models.cli import command_limits
 from models.zoo import digits
 from models.zoo.build import ZOO_KINDS, build_digits_zoo, import_zoo
 from models.zoo.lora_tasks import LORA_TASK_ZOO_NAME
@@ -191,8 +192,8 @@ def _digits_accuracy(module: nn.Module, *, split: digits.DigitsSplit) -> float:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     try:
-        summary = summarize(load_zoo(args.dir))
-    except ZooError as e:
+        summary = summarize(load_zoo(args.dir, limits=command_limits()))
+    except (ZooError, ValueError) as e:
         return _fail(e)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -35,13 +35,13 @@ def _edit_config(bundle: Path, edit: object) -> None:
     (bundle / "config.json").write_text(json.dumps(config))
 
 
-def _rpg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _rpg(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env},
         timeout=120,
     )
 
@@ -108,6 +108,15 @@ def test_limits_come_from_the_environment_with_named_errors() -> None:
         FileLimits.from_environ({"RPG_MAX_TENSORS": "lots"})
     with pytest.raises(ValueError, match="RPG_MAX_TENSORS must be a positive integer"):
         FileLimits.from_environ({"RPG_MAX_TENSORS": "0"})
+
+
+def test_commands_read_the_limits_from_the_environment(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    run = _rpg("sample", str(tiny_bundle), "--out", out, cwd=REPO, RPG_MAX_TOKENS="2")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "RPG_MAX_TOKENS=2" in run.stderr
+    run = _rpg("sample", str(tiny_bundle), "--out", out, cwd=REPO, RPG_MAX_TOKENS="many")
+    assert run.returncode == 2 and "RPG_MAX_TOKENS must be a positive integer" in run.stderr
 
 
 LIE_SCRIPT = """
