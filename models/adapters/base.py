@@ -33,7 +33,7 @@ from models.adapters.spec import (
     parse_peft_config,
 )
 from models.errors import UnsafeFileError
-from models.safefiles import load_safetensors
+from models.safefiles import load_safetensors, read_safetensors_header
 from models.zoo.architecture import build_module, check_spec
 
 __all__ = [
@@ -159,6 +159,10 @@ class AdapterBase:
                 f"base weights {path} are missing; the adapter section records them there "
                 f"(sha256 {self.base_entry['sha256'][:12]}...)"
             )
+        try:  # a safetensors file at all? (checked before reading the whole file to hash it)
+            read_safetensors_header(path)
+        except UnsafeFileError as e:
+            raise AdapterError(f"base weights {path}: not readable safetensors ({e})") from None
         actual = file_sha256(path)
         if actual != self.base_entry["sha256"]:
             raise AdapterError(
