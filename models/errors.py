@@ -3,14 +3,15 @@
 Exception
  ├── SamplingStopped   the caller's `should_stop()` returned True during sampling
  └── ValueError
-      └── EvaluationError   inputs to an evaluation are unusable (the message says how to fix)
+      ├── EvaluationError   inputs to an evaluation are unusable (the message says how to fix)
+      └── UnsafeFileError   a file from elsewhere is malformed, oversized or leaves its folder
 
 Zoo errors (`ZooError`, `UntrustedBuilderError`) live in `models.zoo.errors`.
 """
 
 from __future__ import annotations
 
-__all__ = ["EvaluationError", "SamplingStopped"]
+__all__ = ["EvaluationError", "SamplingStopped", "UnsafeFileError"]
 
 
 class SamplingStopped(Exception):
@@ -23,3 +24,11 @@ class SamplingStopped(Exception):
 
 class EvaluationError(ValueError):
     """Inputs to an evaluation are unusable; the message says how to fix them."""
+
+
+class UnsafeFileError(ValueError):
+    """A file from elsewhere (zoo, bundle, generated or adapter folder) is refused before it
+    is acted on: malformed, larger than a limit (`models.limits`), or outside its folder.
+
+    The message is one line naming the file and what is wrong with it.
+    """

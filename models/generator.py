@@ -24,10 +24,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from models.bundle import read_config, read_weights, resolve_bundle, weights_digest, write_bundle
-from models.config import RPGConfig
+from models.bundle import (
+    check_digest,
+    pinned_source,
+    read_config,
+    read_weights,
+    resolve_bundle,
+    weights_digest,
+    write_bundle,
+)
+from models.bundle_check import check_bundle
 from models.diffusion.samplers import OnProgress, ShouldStop
 from models.heap import keep_freed_memory
+from models.limits import DEFAULT_LIMITS, FileLimits
 from models.request_check import check_condition
 from models.rpg import RPGModel
 from models.sampler_names import SamplerName
@@ -78,6 +87,8 @@ class Generator:
         self.trust_builders = parse_trust(trust_builders)
         # Where the bundle lives (an adapter generator's base weights may sit beside it).
         self.directory = directory
+        # Where it was loaded from; a Hub bundle as hf://org/repo@<commit> (what was read).
+        self.source: str | None = None if directory is None else str(directory)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -153,27 +164,31 @@ class Generator:
         *,
         device: str | torch.device = "cpu",
         trust_builders: Iterable[str] = (),
+        limits: FileLimits = DEFAULT_LIMITS,
     ) -> Generator:
         """Load a bundle from a local directory or `hf://org/repo[@revision]`.
 
         Loading runs no code named in the bundle; `trust_builders` (modules or
         `module:function`) says which non-project builders `build_module()` may run.
+        Before anything is built, config.json is checked against the weights' header and
+        `limits`, and the weights against the sha256 config.json recorded (`BundleError`).
         """
         directory = resolve_bundle(path)
-        config = read_config(directory)
-        tokenizer = ParameterTokenizer.from_dict(config["tokenizer"])
-        rpg_config = RPGConfig.from_dict(config["model"])
-        model = RPGModel(rpg_config, tokenizer.positions())
-        state = read_weights(directory)
-        model.load_state_dict(state, strict=True)
+        config = read_config(directory, limits)
+        checked = check_bundle(directory, config, limits)
+        digest = weights_digest(directory)
+        check_digest(directory, config, digest)
+        model = RPGModel(checked.model_config, checked.tokenizer.positions())
+        model.load_state_dict(read_weights(directory, limits), strict=True)
         generator = cls(
             model,
-            tokenizer,
+            checked.tokenizer,
             config,
-            digest=weights_digest(directory),
+            digest=digest,
             trust_builders=trust_builders,
             directory=directory,
         )
+        generator.source = pinned_source(os.fspath(path), directory)
         return generator.to(device)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:

@@ -75,7 +75,8 @@ class PositionEmbedding(nn.Module):
                 "positions must be an integer tensor of shape (num_tokens, 2), as returned by "
                 "ParameterTokenizer.positions()"
             )
-        if positions.numel() and int(positions.min()) < 0:
+        # A meta tensor (shapes only: models.bundle_check) has no values to check.
+        if positions.numel() and not positions.is_meta and int(positions.min()) < 0:
             raise ValueError("positions must be non-negative (tensor index, token index) pairs")
         self.kind: PositionKind = kind
         self.dim = dim
@@ -85,7 +86,8 @@ class PositionEmbedding(nn.Module):
         if kind == "learned":
             self.table = nn.Parameter(torch.randn(self.num_tokens, dim) * _LEARNED_INIT_STD)
             return
-        positions = positions.detach().to("cpu", torch.long)
+        if not positions.is_meta:
+            positions = positions.detach().to("cpu", torch.long)
         if kind == "2d":
             table = torch.cat(
                 [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 
@@ -12,6 +13,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from models.limits import FileLimits
 from service.auth import ApiKeyring
 from service.catalog import Catalog
 from service.idempotency import IdempotencyStore
@@ -21,12 +23,14 @@ from service.settings import GatewaySettings
 from worker.queue import live_workers, queue_depth, read_job_stats
 from worker.queue.keys import redis_url
 from worker.queue.operations import AsyncSubmitter
-from worker.registry import discover_generators
+from worker.registry import SkippedGenerator, survey_generators
 from worker.storage import Storage, make_storage
 
 __all__ = ["Gateway", "build_gateway"]
 
 PROBE_TIMEOUT_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Gateway:
     metrics: GatewayMetrics
     storage: Storage
     signing_secret: str | None
+    # Configured bundles this gateway does not serve, and why (`/readyz` lists them).
+    skipped_generators: tuple[SkippedGenerator, ...] = ()
 
     def queue_state(self) -> tuple[int, int]:
         """(queued jobs, live workers), read through the fast-failing client."""
@@ -86,11 +92,16 @@ def _probe_client(client: redis.Redis) -> redis.Redis:
 def build_gateway(settings: GatewaySettings) -> Gateway:
     """Connect to Redis, read the generator configs and the keys, make the storage backend.
 
-    Raises on bad configuration (unreadable bundles, malformed key hashes) so a
-    misconfigured gateway stops at start instead of failing requests.
+    Raises on bad configuration (malformed key hashes, two bundles with one name) so a
+    misconfigured gateway stops at start instead of failing requests. A bundle that cannot
+    be served (a file from elsewhere: malformed, over a limit, config and weights that
+    disagree) is skipped, logged and listed by `/readyz`; the others are served.
     """
     keyring = ApiKeyring.parse(list(settings.api_key_hashes))
-    catalog = Catalog.from_sources(discover_generators(settings.generators))
+    survey = survey_generators(settings.generators, FileLimits.from_settings(settings))
+    for entry in survey.skipped:
+        log.error("generator %s skipped: %s", entry.path, entry.reason)
+    catalog = Catalog.from_sources(survey.sources)
     storage = make_storage(settings.storage_settings())
     secret = settings.resolved_signing_secret() if settings.storage == "local" else None
     url = redis_url(settings)
@@ -117,4 +128,5 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         metrics=GatewayMetrics(partial(_queue_state, probe, settings)),
         storage=storage,
         signing_secret=secret,
+        skipped_generators=survey.skipped,
     )

@@ -40,6 +40,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
+from models.limits import FileLimits
 from worker.errors import GeneratorConfigError
 from worker.jobs import WorkerContext, current_context, install_context
 from worker.queue.events import emit, wants_webhook
@@ -56,7 +57,7 @@ from worker.queue.keys import (
 )
 from worker.queue.reaper import ReaperLoop, reap_dead_jobs
 from worker.reconnect import impatient, patient, stop_waiting
-from worker.registry import GeneratorCache, discover_generators
+from worker.registry import GeneratorCache, SkippedGenerator, survey_generators
 from worker.settings import Settings
 
 __all__ = ["GenerationWorker", "Heartbeat", "Supervisor", "build_worker", "run_worker"]
@@ -205,18 +206,26 @@ def build_worker(
     name: str | None = None,
 ) -> tuple[GenerationWorker, WorkerContext]:
     """The RQ worker and job context for `settings` (generators loaded and warm)."""
+    skipped: list[SkippedGenerator] = []
     if cache is None:
-        sources = discover_generators(settings.generators)
-        if not sources:
-            raise GeneratorConfigError(
-                "no generators to serve: pass --generators DIR (a bundle, a directory of bundles, "
-                "or hf://org/repo) or set RPG_GENERATORS"
-            )
-        cache = GeneratorCache(sources, device=settings.worker_device)
+        limits = FileLimits.from_settings(settings)
+        survey = survey_generators(settings.generators, limits)
+        skipped.extend(survey.skipped)
+        cache = GeneratorCache(survey.sources, device=settings.worker_device, limits=limits)
     _remove_stale_scratch(settings)
     loaded = cache.warm()
+    skipped.extend(cache.skipped)
     for generator, seconds in loaded.items():
         log.info("generator %s ready (%.2f s)", generator, seconds)
+    for entry in skipped:
+        log.error("generator %s skipped: %s", entry.path, entry.reason)
+    if not cache.names:
+        why = f" (skipped: {'; '.join(e.reason for e in skipped)})" if skipped else ""
+        raise GeneratorConfigError(
+            "no generators to serve: pass --generators DIR (a bundle, a directory of bundles, "
+            f"or hf://org/repo) or set RPG_GENERATORS{why}"
+        )
+    cache.skipped = skipped
     from worker.storage import make_storage
 
     connection = connection if connection is not None else patient(connect(settings))
@@ -327,6 +336,7 @@ def run_worker(
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "generators": context.cache.names,
+            "skipped_generators": [entry.public() for entry in context.cache.skipped],
             "device": device,
             "state": "busy" if current else "idle",
             "current_job": current,

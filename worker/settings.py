@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.limits import DEFAULT_LIMITS
 from worker.storage.base import HubSettings, LocalSettings, S3Settings, StorageSettings
 
 CommaList = Annotated[list[str], NoDecode]
@@ -109,6 +110,38 @@ class Settings(BaseSettings):
     )
     webhook_progress_interval_s: float = Field(
         default=2.0, ge=0, description="least seconds between two 'progress' webhook events"
+    )
+
+    # --- files from elsewhere: what a bundle may hold or imply (models/limits.py, same names)
+    max_json_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_json_bytes,
+        ge=1,
+        description="largest config.json / zoo.json / adapter_config.json read, in bytes",
+    )
+    max_json_depth: int = Field(
+        default=DEFAULT_LIMITS.max_json_depth, ge=1, description="deepest JSON nesting read"
+    )
+    max_safetensors_header_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_safetensors_header_bytes,
+        ge=1,
+        description="largest safetensors header (its JSON part) read, in bytes",
+    )
+    max_tensors: int = Field(
+        default=DEFAULT_LIMITS.max_tensors, ge=1, description="most tensors in one safetensors file"
+    )
+    max_target_parameters: int = Field(
+        default=DEFAULT_LIMITS.max_target_parameters,
+        ge=1,
+        description="most parameters of one target network (a generator's tokenizer layout)",
+    )
+    max_tokens: int = Field(
+        default=DEFAULT_LIMITS.max_tokens, ge=1, description="longest token sequence of a generator"
+    )
+    max_generator_parameters: int = Field(
+        default=DEFAULT_LIMITS.max_generator_parameters,
+        ge=1,
+        description="most parameters and buffers a bundle's config.json may imply; a bundle "
+        "over a limit, or whose config.json does not describe its weights, is skipped at start",
     )
 
     # --- storage

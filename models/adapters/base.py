@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.adapters.spec import (
@@ -33,6 +32,8 @@ from models.adapters.spec import (
     adapter_layout,
     parse_peft_config,
 )
+from models.errors import UnsafeFileError
+from models.safefiles import load_safetensors, read_safetensors_header
 from models.zoo.architecture import build_module, check_spec
 
 __all__ = [
@@ -158,6 +159,10 @@ class AdapterBase:
                 f"base weights {path} are missing; the adapter section records them there "
                 f"(sha256 {self.base_entry['sha256'][:12]}...)"
             )
+        try:  # a safetensors file at all? (checked before reading the whole file to hash it)
+            read_safetensors_header(path)
+        except UnsafeFileError as e:
+            raise AdapterError(f"base weights {path}: not readable safetensors ({e})") from None
         actual = file_sha256(path)
         if actual != self.base_entry["sha256"]:
             raise AdapterError(
@@ -166,9 +171,9 @@ class AdapterBase:
                 "for other weights"
             )
         try:
-            return load_file(path, device="cpu")
-        except Exception as e:  # safetensors' own error types
-            raise AdapterError(f"base weights {path}: not readable safetensors ({e})") from e
+            return load_safetensors(path)
+        except UnsafeFileError as e:
+            raise AdapterError(f"base weights {path}: not readable safetensors ({e})") from None
 
     def layout(self, module: nn.Module | None = None) -> list[LoraTarget]:
         """The adapted layers of the base."""

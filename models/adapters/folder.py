@@ -2,7 +2,8 @@
 
 Reading is defensive, since folders come from elsewhere: only those two names inside the
 folder are opened, neither may be a symlink or anything but a regular file, both have size
-limits, the config is bounded JSON, and tensors are read with safetensors only. A folder that
+limits, the config is bounded JSON and the weights' header is checked before any tensor is read
+(both through ``models.safefiles``), and tensors are read with safetensors only. A folder that
 holds only ``adapter_model.bin`` (a pickle) is refused with the conversion to run; it is never
 unpickled.
 
@@ -18,15 +19,17 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor
 
 from models.adapters.spec import AdapterError, LoraSpec, parse_peft_config
+from models.errors import UnsafeFileError
 from models.fileio import atomic_write_text, save_safetensors
+from models.limits import DEFAULT_LIMITS
+from models.safefiles import load_safetensors, read_json
 
 __all__ = [
     "CONFIG_NAME",
@@ -44,7 +47,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 MAX_CONFIG_BYTES = 1 << 20  # a LoRA config is a few KB
 MAX_WEIGHTS_BYTES = 8 << 30  # rank-64 adapters of 70B models stay far below
-MAX_JSON_DEPTH = 32
 
 
 def _regular_file(folder: Path, name: str, limit: int) -> Path:
@@ -61,16 +63,6 @@ def _regular_file(folder: Path, name: str, limit: int) -> Path:
     return path
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_JSON_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max([_depth(v, level + 1) for v in value.values()], default=level)
-    if isinstance(value, list):
-        return max([_depth(v, level + 1) for v in value], default=level)
-    return level
-
-
 def is_adapter_folder(path: Path) -> bool:
     """Whether ``path`` is a directory (not a link) holding an ``adapter_config.json``."""
     return path.is_dir() and not path.is_symlink() and (path / CONFIG_NAME).is_file()
@@ -80,11 +72,9 @@ def read_adapter_config(folder: Path) -> tuple[dict[str, Any], LoraSpec]:
     """The folder's config document and the ``LoraSpec`` it describes (checked)."""
     path = _regular_file(folder, CONFIG_NAME, MAX_CONFIG_BYTES)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise AdapterError(f"{path}: not valid JSON ({e})") from e
-    if _depth(doc) > MAX_JSON_DEPTH:
-        raise AdapterError(f"{path}: nests deeper than {MAX_JSON_DEPTH} levels")
+        doc = read_json(path, replace(DEFAULT_LIMITS, max_json_bytes=MAX_CONFIG_BYTES))
+    except UnsafeFileError as e:
+        raise AdapterError(str(e)) from None
     return doc, parse_peft_config(doc, str(path))
 
 
@@ -103,14 +93,9 @@ def read_adapter_folder(folder: Path | str) -> tuple[LoraSpec, dict[str, Tensor]
         )
     path = _regular_file(folder, WEIGHTS_NAME, MAX_WEIGHTS_BYTES)
     try:
-        with safe_open(path, framework="pt") as handle:
-            if len(list(handle.keys())) > 100_000:
-                raise AdapterError(f"{path}: more than 100000 tensors")
-        tensors = load_file(path, device="cpu")
-    except AdapterError:
-        raise
-    except Exception as e:  # safetensors raises its own types for corrupt headers
-        raise AdapterError(f"{path}: not a readable .safetensors file ({e})") from e
+        tensors = load_safetensors(path)
+    except UnsafeFileError as e:
+        raise AdapterError(f"{path}: not a readable .safetensors file ({e})") from None
     return spec, tensors
 
 

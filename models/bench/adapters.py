@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from models.tokenizer import ParameterTokenizer
 from models.zoo.store import load_zoo
@@ -61,7 +60,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def spread(path: Path) -> dict[str, float]:
     """Mean normalized L2 distances within and across tasks and seed families of a zoo."""
     zoo = load_zoo(path)
-    states = [load_file(f) for f in zoo.files()]
+    states = zoo.state_dicts()
     tokenizer = ParameterTokenizer.fit(states)
     vectors = torch.stack([tokenizer.normalized_vector(s) for s in states])  # (N, D)
     dist = torch.cdist(vectors.double(), vectors.double())  # (N, N)

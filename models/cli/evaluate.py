@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.adapters.spec import AdapterError
+from models.cli import command_limits
 from models.diffusion.samplers import SAMPLERS
+from models.errors import UnsafeFileError
 from models.evaluation import (
     NOISE_SIGMAS,
     EvaluationError,
@@ -224,14 +227,18 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     bar = None
     try:
-        zoo = load_zoo(args.zoo, trust_builders=command_trust(args))
+        limits = command_limits()
+        zoo = load_zoo(args.zoo, trust_builders=command_trust(args), limits=limits)
         if zoo.condition.get("kind") != "vector":
             return _fail(
                 f"zoo {zoo.path} is unconditional: sample a folder "
                 "(`rpg sample BUNDLE --out DIR -n 20`) and pass it with --generated"
             )
         generator = Generator.from_pretrained(
-            args.generator, device=pick_device(args.device), trust_builders=command_trust(args)
+            args.generator,
+            device=pick_device(args.device),
+            trust_builders=command_trust(args),
+            limits=limits,
         )
         from tqdm import tqdm
 
@@ -290,7 +297,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _cmd_evaluate_tasks(args)
     started = time.perf_counter()
     try:
-        zoo = load_zoo(args.zoo, trust_builders=command_trust(args))
+        zoo = load_zoo(args.zoo, trust_builders=command_trust(args), limits=command_limits())
         if zoo.condition.get("kind") == "vector":
             return _fail(
                 f"zoo {zoo.path} is task-conditioned: each task needs its own comparison, so "
@@ -309,7 +316,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             names, state_dicts = load_generated_dir(args.generated)
         report = evaluate_generated(zoo, state_dicts, names, seed=args.seed)
-    except (ZooError, EvaluationError) as e:
+    except (ZooError, EvaluationError, AdapterError, UnsafeFileError) as e:
         return _fail(str(e))
     report["duration_s"] = round(time.perf_counter() - started, 3)
     print(format_report(report))

@@ -43,7 +43,6 @@ def make_plan(
     device_memory: int | None = None,
 ) -> dict[str, Any]:
     """The plan as a JSON-safe dict (``rpg plan --json``)."""
-    from safetensors.torch import load_file
 
     from models.backbones import backbone_from_config
     from models.config import PRESETS
@@ -54,7 +53,7 @@ def make_plan(
     from models.zoo.store import load_zoo
 
     zoo = load_zoo(zoo_path).training_zoo()
-    first = load_file(zoo.files()[0], device="cpu")
+    first = zoo.read(zoo.files()[0])
     probe = ParameterTokenizer.fit([first], token_size=1)
     options = TrainConfig(preset=preset, batch_size=batch_size)
     config, preset_name = build_model_config(zoo, probe.num_parameters, options, 1)

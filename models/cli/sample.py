@@ -62,6 +62,7 @@ def _sample(args: argparse.Namespace) -> int:
     import secrets
 
     from models.bundle import BundleError, read_config, resolve_bundle
+    from models.cli import command_limits
     from models.generator import Generator
     from models.request_check import check_request
     from models.sampling_io import write_samples
@@ -75,8 +76,9 @@ def _sample(args: argparse.Namespace) -> int:
             print(f"--condition is not valid JSON: {exc}", file=sys.stderr)
             return 2
     try:
-        config = read_config(resolve_bundle(args.bundle))
-    except BundleError as exc:
+        limits = command_limits()
+        config = read_config(resolve_bundle(args.bundle), limits)
+    except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     positive = condition.get("positive_classes") if isinstance(condition, dict) else None
@@ -93,7 +95,13 @@ def _sample(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"error: {error.field}: {error.message}", file=sys.stderr)
         return 2
-    generator = Generator.from_pretrained(args.bundle, device=pick_device(args.device))
+    try:
+        generator = Generator.from_pretrained(
+            args.bundle, device=pick_device(args.device), limits=limits
+        )
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.merge and not generator.is_adapter:
         print(
             f"error: --merge is for adapter generators; {generator.name!r} makes whole networks",

@@ -14,9 +14,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
+from models.cli import command_limits
 from models.zoo import digits
 from models.zoo.build import ZOO_KINDS, build_digits_zoo, import_zoo
 from models.zoo.lora_tasks import LORA_TASK_ZOO_NAME
@@ -36,7 +36,7 @@ def _fail(e: Exception) -> int:
 def summarize(zoo: Zoo) -> dict[str, Any]:
     """JSON-safe summary of a zoo: architecture, size, runs, accuracy statistics."""
     # Sizes come from one checkpoint: load_zoo already checked that all have the same shapes.
-    first = load_file(zoo.files()[0], device="cpu")
+    first = zoo.read(zoo.files()[0])
     accs = [a for a in zoo.accuracies() if a is not None]
     stats: dict[str, Any] | None = None
     if accs:
@@ -192,8 +192,8 @@ def _digits_accuracy(module: nn.Module, *, split: digits.DigitsSplit) -> float:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     try:
-        summary = summarize(load_zoo(args.dir))
-    except ZooError as e:
+        summary = summarize(load_zoo(args.dir, limits=command_limits()))
+    except (ZooError, ValueError) as e:
         return _fail(e)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from models.adapters.merge import AdaptedModule
@@ -134,13 +133,13 @@ def evaluate_adapter_tasks(
     seen = [training[i] for i in picked]
     multitask = None
     if "multitask" in zoo.extras:
-        multitask = load_file(zoo.path / zoo.extras["multitask"], device="cpu")
+        multitask = zoo.read(zoo.path / zoo.extras["multitask"])
 
     # The regressor: the same training checkpoints, normalized as the generator sees them.
     tok = generator.tokenizer
     train_ckpts = [c for t in training for c in t.checkpoints]
     emb = torch.tensor([c.condition for c in train_ckpts], dtype=torch.float32)
-    vec = torch.stack([tok.normalized_vector(load_file(zoo.path / c.file)) for c in train_ckpts])
+    vec = torch.stack([tok.normalized_vector(zoo.read(zoo.path / c.file)) for c in train_ckpts])
     budget = generator.config.get("training", {})
     regressor = fit_regressor(
         emb,
@@ -167,12 +166,12 @@ def evaluate_adapter_tasks(
         _, _, x, y = task_data(split, task)
         module.load_state_dict(base_sd, strict=True)
         base_acc = float((predict(module, [base_sd], x)[0] == y).float().mean())
-        own = [load_file(zoo.path / c.file) for c in entry.checkpoints]
+        own = [zoo.read(zoo.path / c.file) for c in entry.checkpoints]
         others = [t for t in training if t.task != task]
         emb_t = torch.tensor(task.embedding())
         dist = [float((torch.tensor(t.task.embedding()) - emb_t).norm()) for t in others]
         near = [t for t, d in zip(others, dist, strict=True) if d == min(dist)]
-        near_sds = [load_file(zoo.path / c.file) for t in near for c in t.checkpoints]
+        near_sds = [zoo.read(zoo.path / c.file) for t in near for c in t.checkpoints]
         pick = np.random.default_rng(_seed(seed, 6, index))
         unlike = [t for t in everything if t.transform != task.transform and t.shift != task.shift]
         other = unlike[int(pick.integers(len(unlike)))]

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.adapters.merge import AdaptedModule
@@ -41,6 +40,8 @@ from models.evaluation.metrics import (
     nearest,
     summary_stats,
 )
+from models.limits import DEFAULT_LIMITS
+from models.safefiles import UnsafeFileError, inside, load_safetensors
 from models.tokenizer import ParameterTokenizer
 from models.zoo import digits
 from models.zoo.store import Zoo, ZooError
@@ -388,6 +389,8 @@ def load_generated_dir(path: Path | str) -> tuple[list[str], list[dict[str, Tens
     if not path.is_dir():
         raise EvaluationError(f"generated-models folder {path} does not exist")
     files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if len(files) > DEFAULT_LIMITS.max_tensors:
+        raise EvaluationError(f"{path} holds more than {DEFAULT_LIMITS.max_tensors} files")
     if not files:
         raise EvaluationError(
             f"{path} holds no .safetensors files; sample some first "
@@ -396,7 +399,7 @@ def load_generated_dir(path: Path | str) -> tuple[list[str], list[dict[str, Tens
     state_dicts = []
     for f in files:
         try:
-            state_dicts.append(load_file(f, device="cpu"))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise EvaluationError(f"{f.name} is not a readable .safetensors file: {e}") from e
+            state_dicts.append(load_safetensors(inside(path, f.name)))
+        except UnsafeFileError as e:
+            raise EvaluationError(f"{f.name} is not a readable .safetensors file: {e}") from None
     return [f.name for f in files], state_dicts

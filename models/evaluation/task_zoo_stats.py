@@ -15,10 +15,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from models.evaluation.tasks import Task, predict, zoo_tasks
+from models.safefiles import load_safetensors
 from models.zoo import digits
 from models.zoo.architecture import add_trust_argument, command_trust
 from models.zoo.store import load_zoo
@@ -43,7 +43,7 @@ def tensor_spread(tasks: Sequence[Sequence[Mapping[str, Tensor]]], name: str) ->
 
 
 def _states(zoo_path: str, task: Task) -> list[dict[str, Tensor]]:
-    return [load_file(f"{zoo_path}/{c.file}") for c in task.checkpoints]
+    return [load_safetensors(f"{zoo_path}/{c.file}") for c in task.checkpoints]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models.diffusion.samplers import SamplerName
@@ -170,7 +169,7 @@ def _training_average(zoo: Zoo, training: Sequence[Task]) -> dict[str, Tensor]:
     """float64 mean of every float tensor over the training tasks (one checkpoint each)."""
     total: dict[str, Tensor] = {}
     for task in training:
-        state = load_file(zoo.path / task.checkpoints[0].file, device="cpu")
+        state = zoo.read(zoo.path / task.checkpoints[0].file)
         for name, value in state.items():
             if value.is_floating_point():
                 total[name] = total.get(name, 0) + value.double()
@@ -305,7 +304,7 @@ def evaluate_tasks(
         module = zoo.build_module()
     except (ValueError, ZooError) as e:
         raise EvaluationError(f"cannot rebuild the tasks of zoo {zoo.path}: {e}") from e
-    reference = load_file(zoo.path / tasks[0].checkpoints[0].file, device="cpu")
+    reference = zoo.read(zoo.path / tasks[0].checkpoints[0].file)
     average = _training_average(zoo, training) if swap_tensors else {}
 
     def evaluate(task: Task) -> dict[str, Any]:
@@ -322,10 +321,10 @@ def evaluate_tasks(
         names = [f"{task.name}/sample_{i:03d}" for i in range(samples_per_task)]
         check_generated(names, generated, reference)
         gen_acc, gen_bal = _scores(predict(module, generated, split.x_test), y_test)
-        trained_sds = [load_file(zoo.path / c.file, device="cpu") for c in task.checkpoints]
+        trained_sds = [zoo.read(zoo.path / c.file) for c in task.checkpoints]
         tr_acc, tr_bal = _scores(predict(module, trained_sds, split.x_test), y_test)
         near = _nearest_tasks(task, training)
-        near_sds = [load_file(zoo.path / c.file, device="cpu") for t in near for c in t.checkpoints]
+        near_sds = [zoo.read(zoo.path / c.file) for t in near for c in t.checkpoints]
         near_acc = _scores(predict(module, near_sds, split.x_test), y_test)[0] if near_sds else []
         extra: dict[str, Any] = {}
         if swap_tensors:

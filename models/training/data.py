@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from models.heap import release_free_memory
+from models.safefiles import load_safetensors
 from models.tokenizer import Granularity, ParameterTokenizer
 
 __all__ = [
@@ -32,7 +32,7 @@ DEFAULT_RESIDENT_BYTES = 256 * 2**20
 def read_state_dicts(files: Sequence[Path]) -> Iterator[dict[str, Tensor]]:
     """The checkpoints one at a time (safetensors only; each is dropped after its turn)."""
     for path in files:
-        yield load_file(path, device="cpu")
+        yield load_safetensors(path)
 
 
 def fit_tokenizer(
@@ -77,6 +77,6 @@ class ZooTokens:
             return self._tokens[torch.as_tensor(list(indices), dtype=torch.long)]
         out = torch.empty(len(indices), self.tokenizer.num_tokens, self.tokenizer.token_size)
         for row, index in enumerate(indices):
-            out[row] = self.tokenizer.encode(load_file(self.files[index], device="cpu"))
+            out[row] = self.tokenizer.encode(load_safetensors(self.files[index]))
         release_free_memory()
         return out

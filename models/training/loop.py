@@ -81,7 +81,7 @@ def _train(
     # per-checkpoint list below (state dicts, permutation ids, conditions) comes from this view.
     zoo = load_zoo(zoo_path).training_zoo()
     files = zoo.files()
-    probe = ParameterTokenizer.fit([load_file(files[0], device="cpu")], token_size=1)
+    probe = ParameterTokenizer.fit([zoo.read(files[0])], token_size=1)
     ids, num_states = permutation_ids(zoo, options.permutation_states)
     config, preset_name = build_model_config(zoo, probe.num_parameters, options, num_states)
     preset = PRESETS[preset_name]

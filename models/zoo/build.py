@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models.errors import UnsafeFileError
+from models.safefiles import inside, load_safetensors
 from models.zoo import digits
 from models.zoo.lora_tasks import LORA_TASK_ZOO_NAME
 from models.zoo.store import (
@@ -179,9 +180,9 @@ def _read_user_state_dict(path: Path) -> dict[str, Tensor]:
     """A flat str -> Tensor mapping from a .safetensors or (weights-only) .pt/.pth file."""
     if path.suffix == ".safetensors":
         try:
-            return load_file(path, device="cpu")
-        except Exception as e:
-            raise ZooError(f"{path.name} is not a readable .safetensors file: {e}") from e
+            return load_safetensors(inside(path.parent, path.name))
+        except UnsafeFileError as e:
+            raise ZooError(f"{path.name} is not a readable .safetensors file: {e}") from None
 
     try:
         # weights_only=True: only tensors and plain containers; never arbitrary pickled objects.

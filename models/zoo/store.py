@@ -35,11 +35,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models.errors import UnsafeFileError
 from models.fileio import atomic_write_text, save_safetensors
+from models.limits import DEFAULT_LIMITS, FileLimits
+from models.safefiles import inside, load_safetensors, read_json, read_safetensors_header
 from models.zoo.architecture import build_module, check_spec, parse_trust
 from models.zoo.errors import UntrustedBuilderError, ZooError
 
@@ -110,6 +111,8 @@ class Zoo:
     adapter: dict[str, Any] | None = None
     # Extra files of a built-in zoo (e.g. a baseline adapter), name -> file inside the zoo.
     extras: dict[str, str] = field(default_factory=dict)
+    # Bounds on what the zoo's files may hold (models.limits), from whoever loaded it.
+    limits: FileLimits = DEFAULT_LIMITS
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -119,8 +122,19 @@ class Zoo:
         return [self.path / c.file for c in self.checkpoints]
 
     def state_dicts(self) -> list[dict[str, Tensor]]:
-        """All checkpoints as CPU state dicts, in zoo order (read with safetensors only)."""
-        return [load_file(p, device="cpu") for p in self.files()]
+        """All checkpoints as CPU state dicts, in zoo order (headers checked, safetensors only)."""
+        return [self.read(p) for p in self.files()]
+
+    def read(self, path: Path) -> dict[str, Tensor]:
+        """One safetensors file of the zoo (a checkpoint or an extra) as a CPU state dict.
+
+        The file must stay inside the zoo (symlinks resolved) and pass the header checks of
+        ``models.safefiles`` under the zoo's limits; otherwise ``ZooError``.
+        """
+        try:
+            return load_safetensors(inside(self.path, Path(path).name), self.limits)
+        except UnsafeFileError as e:
+            raise ZooError(str(e)) from None
 
     def run_ids(self) -> list[int]:
         """The training-run id of every checkpoint, in zoo order."""
@@ -341,26 +355,28 @@ def _validate_document(doc: Any, where: Path) -> None:
             raise fail(f"{name}: 'heldout' must be true or false, got {e['heldout']!r}")
 
 
-def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Key -> (shape, dtype) of a safetensors file, read from its header only."""
+def _header(path: Path, limits: FileLimits) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key -> (shape, dtype) of a checkpoint, from its checked header only (no tensor read)."""
     try:
-        with safe_open(path, framework="pt") as f:
-            return {
-                k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype()))
-                for k in f.keys()  # noqa: SIM118 (safe_open is not a Mapping)
-            }
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ZooError(f"{path} is not a readable .safetensors file: {e}") from e
+        header = read_safetensors_header(inside(path.parent, path.name), limits)
+    except UnsafeFileError as e:
+        raise ZooError(f"{path} is not a readable .safetensors file: {e}") from None
+    if header.num_parameters > limits.max_target_parameters:
+        raise ZooError(
+            f"{path}: {header.num_parameters} parameters, more than RPG_MAX_TARGET_PARAMETERS="
+            f"{limits.max_target_parameters}"
+        )
+    return header.shapes()
 
 
-def check_consistent(paths: list[Path]) -> None:
-    """All files must hold the same keys with the same shapes and dtypes."""
+def check_consistent(paths: list[Path], limits: FileLimits = DEFAULT_LIMITS) -> None:
+    """All files must hold the same keys with the same shapes and dtypes (headers checked)."""
     ref_path = paths[0]
-    ref = _header(ref_path)
+    ref = _header(ref_path, limits)
     if not ref:
         raise ZooError(f"{ref_path} holds no tensors")
     for p in paths[1:]:
-        h = _header(p)
+        h = _header(p, limits)
         if h == ref:
             continue
         missing = sorted(set(ref) - set(h))
@@ -377,13 +393,16 @@ def check_consistent(paths: list[Path]) -> None:
         )
 
 
-def load_zoo(path: Path | str, *, trust_builders: Iterable[str] = ()) -> Zoo:
+def load_zoo(
+    path: Path | str, *, trust_builders: Iterable[str] = (), limits: FileLimits = DEFAULT_LIMITS
+) -> Zoo:
     """Load and validate a zoo directory (with ``zoo.json``, or a bare folder of safetensors).
 
     Validation reads only the safetensors headers: every listed file exists and all files
     share keys, shapes and dtypes. Tensors are read later by ``Zoo.state_dicts()``.
     ``trust_builders``: builders outside the project's that ``Zoo.build_module()`` may run
-    (``models.zoo.architecture``); loading itself never imports a builder.
+    (``models.zoo.architecture``); loading itself never imports a builder. ``limits``
+    bound what zoo.json and the checkpoints may hold (``models.limits``).
     """
     path = Path(path)
     if path.is_file() and path.name == ZOO_FILE:
@@ -393,9 +412,9 @@ def load_zoo(path: Path | str, *, trust_builders: Iterable[str] = ()) -> Zoo:
     meta = path / ZOO_FILE
     if meta.is_file():
         try:
-            doc = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ZooError(f"{meta} is not valid JSON: {e}") from e
+            doc = read_json(meta, limits)
+        except UnsafeFileError as e:
+            raise ZooError(str(e)) from None
         _validate_document(doc, path)
         checkpoints = [
             ZooCheckpoint(
@@ -418,12 +437,15 @@ def load_zoo(path: Path | str, *, trust_builders: Iterable[str] = ()) -> Zoo:
             provenance=dict(doc.get("provenance") or {}),
             adapter=None if doc.get("adapter") is None else dict(doc["adapter"]),
             extras=dict(doc.get("extras") or {}),
+            limits=limits,
         )
         missing = [c.file for c in checkpoints if not (path / c.file).is_file()]
         if missing:
             raise ZooError(f"{meta} lists files that do not exist: {missing[:5]}")
     else:
         files = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
+        if len(files) > limits.max_tensors:
+            raise ZooError(f"{path}: more than {limits.max_tensors} checkpoints (RPG_MAX_TENSORS)")
         if not files:
             raise ZooError(
                 f"{path} has neither {ZOO_FILE} nor .safetensors files; "
@@ -436,7 +458,8 @@ def load_zoo(path: Path | str, *, trust_builders: Iterable[str] = ()) -> Zoo:
             dataset=None,
             condition={"kind": "none"},
             checkpoints=[ZooCheckpoint(file=f, run=i) for i, f in enumerate(files)],
+            limits=limits,
         )
-    check_consistent(zoo.files())
+    check_consistent(zoo.files(), limits)
     zoo.trust_builders = parse_trust(trust_builders)
     return zoo

@@ -3,6 +3,10 @@
 ``/readyz`` also reports the webhook senders (``rpg webhooks``) in its checks. They do not
 decide readiness: without one the gateway still generates, and webhook events wait in their
 queue (each job that has some says so).
+
+``checks.generators`` lists the served generators and the configured bundles skipped at start
+(by this gateway or by a live worker) with the reason. Skipped bundles do not make the
+gateway unready while at least one generator is served.
 """
 
 from __future__ import annotations
@@ -38,13 +42,22 @@ async def healthz() -> dict[str, str]:
 def readyz(gateway: GatewayDep) -> dict[str, Any]:
     """Readiness: Redis answers AND at least one worker's heartbeat is fresh. ``checks``
     also says whether a webhook sender is alive (not a condition of readiness)."""
-    checks: dict[str, str] = {}
+    checks: dict[str, Any] = {}
     failed: list[str] = []
+    skipped = {e.path: e.public() for e in gateway.skipped_generators}
+    served = gateway.catalog.names()
+    checks["generators"] = {"served": served, "skipped": list(skipped.values())}
+    if skipped and not served:
+        failed.append("generators")
     try:
         gateway.probe.ping()
         checks["redis"] = "ok"
         workers = live_workers(gateway.probe, settings=gateway.settings)
         checks["workers"] = f"{len(workers)} live"
+        for worker in workers:
+            for entry in worker.skipped_generators:
+                skipped.setdefault(entry.get("path", ""), entry)
+        checks["generators"]["skipped"] = list(skipped.values())
         if not workers:
             checks["workers"] = "no live worker"
             failed.append("workers")
@@ -60,12 +73,23 @@ def readyz(gateway: GatewayDep) -> dict[str, Any]:
             "not-ready",
             "Not ready",
             "not ready: "
-            + "; ".join(f"{name}: {checks[name]}" for name in failed)
-            + ". Check RPG_REDIS_URL and start a worker (`rpg worker`).",
+            + "; ".join(f"{name}: {_summary(name, checks[name])}" for name in failed)
+            + (
+                ". Fix or replace the skipped generator bundles (checks.generators.skipped "
+                "says why)."
+                if failed == ["generators"]
+                else ". Check RPG_REDIS_URL and start a worker (`rpg worker`)."
+            ),
             headers={"Retry-After": "5"},
             extra={"checks": checks, "failed": failed},
         )
     return {"status": "ready", "checks": checks}
+
+
+def _summary(name: str, check: Any) -> str:
+    if name == "generators":
+        return f"none served, {len(check['skipped'])} skipped"
+    return str(check)
 
 
 def _webhook_senders(connection: redis.Redis) -> str:

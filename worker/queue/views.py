@@ -97,6 +97,8 @@ class WorkerInfo:
     state: str = "idle"  # "idle" | "busy"
     current_job: str | None = None
     last_heartbeat: str = ""
+    # Bundles the worker could not serve: [{"path", "reason"}] (worker.registry).
+    skipped_generators: list[dict[str, str]] = field(default_factory=list)
 
 
 def fetch_job(connection: redis_lib.Redis, job_id: str) -> Job | None:
