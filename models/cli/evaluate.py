@@ -45,16 +45,36 @@ def _stats_cells(stats: dict[str, Any] | None, digits: int = 4) -> str:
     return "  ".join(f"{_num(stats[k], digits):>7}" for k in ("mean", "median", "min", "max"))
 
 
-def _set_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """(novelty-set key, row label) in table order."""
-    rows = [("zoo_loo", "zoo (leave-one-out)")]
-    rows += [(noise_set_name(s), f"zoo + noise {s:g}") for s in report["settings"]["noise_sigmas"]]
-    return [*rows, ("generated", "generated")]
+def _baseline_label(key: str, s: dict[str, Any]) -> str:
+    if key == "noise":
+        return f"noise, sigma {s['sigma']:.3g}"  # matched to the generated mean accuracy
+    if key == "gaussian":
+        return "per-value Gaussian"
+    return _average_label(key, s)
+
+
+def _average_label(key: str, s: dict[str, Any]) -> str:
+    """``average of 8``, or ``average of 8 (5 used)`` when the zoo had fewer checkpoints."""
+    asked = int(key.removeprefix("average_"))
+    return f"average of {asked}" + ("" if s["k"] == asked else f" ({s['k']} used)")
+
+
+def _set_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(row label, novelty set) in table order: zoo, noise rows, generated, baselines."""
+    sets = report["novelty"]
+    rows = [("zoo (leave-one-out)", sets["zoo_loo"])]
+    rows += [
+        (f"zoo + noise {s:g}", sets[noise_set_name(s)]) for s in report["settings"]["noise_sigmas"]
+    ]
+    rows.append(("generated", sets["generated"]))
+    for key, s in (report.get("baselines") or {}).items():
+        if s is not None:
+            rows.append((f"baseline: {_baseline_label(key, s)}", s))
+    return rows
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of an ``evaluate_generated`` report (accuracy, then novelty)."""
-    sets = report["novelty"]
     header = f"{'mean':>7}  {'median':>7}  {'min':>7}  {'max':>7}"
     lines = [
         f"zoo:        {report.get('zoo_path', '?')} ({report.get('architecture') or 'architecture unknown'}, "
@@ -64,27 +84,26 @@ def format_report(report: dict[str, Any]) -> str:
         + (f" ({report['num_test']} examples)" if report["num_test"] else ""),
         *[f"note:       {n}" for n in report["notes"]],
         "",
-        f"accuracy                  {'n':>4}  {header}",
+        f"{'accuracy':<30}{'n':>4}  {header}",
     ]
-    for key, label in _set_rows(report):
-        stats = sets[key]["summary"]["accuracy"]
-        n = sets[key]["n"] if stats is None else stats["n"]
-        lines.append(f"{label:<24}  {n:>4}  {_stats_cells(stats)}")
+    for label, s in _set_rows(report):
+        stats = s["summary"]["accuracy"]
+        n = s["n"] if stats is None else stats["n"]
+        lines.append(f"{label:<30}{n:>4}  {_stats_cells(stats)}")
     if report.get("base") is not None:  # adapter zoos: the base network with no adapter
         lines.append(
-            f"{'base alone (no adapter)':<24}  {1:>4}  {_num(report['base']['accuracy']):>7}"
+            f"{'base alone (no adapter)':<30}{1:>4}  {_num(report['base']['accuracy']):>7}"
         )
     lines += [
         "",
         "novelty: max IoU of wrong-prediction sets with the zoo (1 = the same mistakes), and",
         "min L2 distance to the zoo in normalized parameter space (0 = a copy)",
-        f"{'':<24}  {'n':>4}  {'IoU':>7}  {'':>7}  {'':>7}  {'':>7}    {'L2':>7}",
-        f"{'set':<24}  {'':>4}  {header}    {header}",
+        f"{'':<30}{'n':>4}  {'IoU':>7}  {'':>7}  {'':>7}  {'':>7}    {'L2':>7}",
+        f"{'set':<30}{'':>4}  {header}    {header}",
     ]
-    for key, label in _set_rows(report):
-        s = sets[key]
+    for label, s in _set_rows(report):
         lines.append(
-            f"{label:<24}  {s['n']:>4}  {_stats_cells(s['summary']['max_iou'])}    "
+            f"{label:<30}{s['n']:>4}  {_stats_cells(s['summary']['max_iou'])}    "
             f"{_stats_cells(s['summary']['min_l2'], 3)}"
         )
     lines += ["", "per generated model:"]
@@ -153,6 +172,8 @@ def format_task_report(report: dict[str, Any]) -> str:
         ]
         for name, value in swapped.items():
             lines.append(f"{name:<28}  {_num(value):>8}  {_num(seen.get(name)):>6}")
+    if report.get("baselines"):
+        lines += ["", *_task_baseline_rows(report["baselines"])]
     directions = report["tasks"]["heldout"].get("task_direction_mean")
     if directions:
         seen_dirs = report["tasks"]["seen"].get("task_direction_mean") or {}
@@ -169,6 +190,33 @@ def format_task_report(report: dict[str, Any]) -> str:
                 f"{_num(other.get('slope')):>10}  {_num(other.get('cosine')):>6}"
             )
     return "\n".join(lines)
+
+
+def _task_baseline_rows(baselines: dict[str, Any]) -> list[str]:
+    """Generated models beside the Zeng et al. baselines, pooled over each kind's tasks."""
+    lines = [
+        "baselines (Zeng et al. 2025), per task from that task's own trained checkpoints "
+        "(held-out: models the generator never saw); noise sigma: geometric mean over tasks",
+        f"{'set':<34}  {'models':>6}  {'acc mean':>8}  {'acc min':>7}  {'max IoU':>7}  "
+        f"{'min L2':>7}",
+    ]
+    for kind, title in (("heldout", "held-out"), ("seen", "seen")):
+        sets = baselines.get(kind)
+        if not sets:
+            continue
+        for key, s in sets.items():
+            if key == "noise":
+                label = f"noise, sigma {_num(s['sigma_mean_log'], 3)}"
+            else:
+                named = {"generated": "generated", "gaussian": "per-value Gaussian"}
+                label = named[key] if key in named else _average_label(key, s)
+            acc, iou, l2 = (s["summary"][f] or {} for f in ("accuracy", "max_iou", "min_l2"))
+            lines.append(
+                f"{title + ': ' + label:<34}  {s['n']:>6}  {_num(acc.get('mean')):>8}  "
+                f"{_num(acc.get('min')):>7}  {_num(iou.get('mean')):>7}  "
+                f"{_num(l2.get('mean'), 2):>7}"
+            )
+    return lines
 
 
 def format_adapter_task_report(report: dict[str, Any]) -> str:
@@ -263,6 +311,11 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 progress=progress,
             )
         else:
+            scorer = None
+            if not args.no_baselines:
+                from models.evaluation.task_baselines import TaskBaselines
+
+                scorer = TaskBaselines(zoo.build_module(), seed=args.seed)
             report = evaluate_tasks(
                 zoo,
                 generator,
@@ -274,7 +327,12 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 swap_tensors=args.swap_tensors,
                 progress=progress,
+                extra_scores=scorer,
             )
+            if scorer is not None:
+                from models.evaluation.task_baselines import summarize_task_baselines
+
+                report["baselines"] = summarize_task_baselines(report)
     except (ZooError, EvaluationError, ValueError, OSError) as e:
         return _fail(str(e))
     finally:
@@ -315,7 +373,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             names, state_dicts = load_generated_adapters(Path(args.generated), zoo)
         else:
             names, state_dicts = load_generated_dir(args.generated)
-        report = evaluate_generated(zoo, state_dicts, names, seed=args.seed)
+        report = evaluate_generated(
+            zoo, state_dicts, names, seed=args.seed, baselines=not args.no_baselines
+        )
     except (ZooError, EvaluationError, AdapterError, UnsafeFileError) as e:
         return _fail(str(e))
     report["duration_s"] = round(time.perf_counter() - started, 3)
@@ -344,7 +404,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and generated models, and novelty: for each generated model the max IoU of its "
         "wrong-prediction set with a zoo checkpoint and its min L2 distance to the zoo in "
         f"normalized parameter space, beside the zoo itself (leave-one-out) and zoo "
-        f"checkpoints plus Gaussian noise (sigma {sigmas}). Task-conditioned zoos "
+        f"checkpoints plus Gaussian noise (sigma {sigmas}), and the baselines of Zeng et al. 2025 "
+        "(--no-baselines skips them): zoo checkpoints plus noise scaled to each tensor's zoo "
+        "std with sigma matched to the generated mean accuracy, averages of 2, 4 and 8 random "
+        "checkpoints, and a per-value Gaussian fitted to the zoo. Task-conditioned zoos "
         "(digits-tasks): pass --generator BUNDLE instead; it samples models for every held-out "
         "task and a seeded sample of seen tasks and compares their accuracy on each task's "
         "binary test split with the trained models of the same task, the majority-class "
@@ -365,7 +428,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--seed",
         type=int,
         default=0,
-        help="seed of the noise baseline, or of the sampled models and seen tasks (default: 0)",
+        help="seed of the noise rows and baselines, or of the sampled models and seen tasks "
+        "(default: 0)",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the baselines of Zeng et al. 2025 (noise matched to the generated "
+        "accuracy by bisection, averages of 2 / 4 / 8 checkpoints, per-value Gaussian): the "
+        "bisection alone runs the whole zoo 10 times, which quick runs can do without",
     )
     p.add_argument(
         "--samples-per-task",
