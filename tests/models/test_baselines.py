@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.cli.evaluate import _task_baseline_rows, format_report, register
+from models.cli.evaluate import format_report, register
+from models.cli.reports import _task_baseline_rows
 from models.evaluation import EvaluationError, evaluate_generated, evaluate_state_dicts
 from models.evaluation.baseline_sets import BASELINE_KEYS
 from models.evaluation.baselines import (
