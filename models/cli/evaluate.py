@@ -3,8 +3,8 @@ or (``--generator``, task-conditioned zoos) per-task accuracy of a generator on 
 held-out tasks.
 
 The top-level ``rpg`` command calls ``register(subparsers)``; the subcommand's ``func`` takes
-the parsed namespace and returns the exit code. ``format_report`` (the table) lives here, next
-to the only place that prints it; other callers may import it too.
+the parsed namespace and returns the exit code. The tables it prints are
+``models.cli.reports`` (re-exported here: other callers import them from this module too).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from models.adapters.spec import AdapterError
 from models.cli import command_limits
+from models.cli.reports import format_adapter_task_report, format_report, format_task_report
 from models.diffusion.samplers import SAMPLERS
 from models.errors import UnsafeFileError
 from models.evaluation import (
@@ -25,7 +26,6 @@ from models.evaluation import (
     EvaluationError,
     evaluate_generated,
     load_generated_dir,
-    noise_set_name,
 )
 from models.zoo.architecture import add_trust_argument, command_trust
 from models.zoo.store import ZooError, load_zoo
@@ -33,180 +33,6 @@ from models.zoo.store import ZooError, load_zoo
 __all__ = ["format_report", "format_task_report", "register"]
 
 EXIT_ERROR = 1
-
-
-def _num(v: float | None, digits: int = 4) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _stats_cells(stats: dict[str, Any] | None, digits: int = 4) -> str:
-    if stats is None:
-        return "  ".join(f"{'-':>7}" for _ in range(4))
-    return "  ".join(f"{_num(stats[k], digits):>7}" for k in ("mean", "median", "min", "max"))
-
-
-def _set_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """(novelty-set key, row label) in table order."""
-    rows = [("zoo_loo", "zoo (leave-one-out)")]
-    rows += [(noise_set_name(s), f"zoo + noise {s:g}") for s in report["settings"]["noise_sigmas"]]
-    return [*rows, ("generated", "generated")]
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The human-readable table of an ``evaluate_generated`` report (accuracy, then novelty)."""
-    sets = report["novelty"]
-    header = f"{'mean':>7}  {'median':>7}  {'min':>7}  {'max':>7}"
-    lines = [
-        f"zoo:        {report.get('zoo_path', '?')} ({report.get('architecture') or 'architecture unknown'}, "
-        f"{len(report['zoo_files'])} checkpoints)",
-        f"generated:  {len(report['per_model'])} model(s)",
-        f"test set:   {(report.get('dataset') or {}).get('name', 'none')}"
-        + (f" ({report['num_test']} examples)" if report["num_test"] else ""),
-        *[f"note:       {n}" for n in report["notes"]],
-        "",
-        f"accuracy                  {'n':>4}  {header}",
-    ]
-    for key, label in _set_rows(report):
-        stats = sets[key]["summary"]["accuracy"]
-        n = sets[key]["n"] if stats is None else stats["n"]
-        lines.append(f"{label:<24}  {n:>4}  {_stats_cells(stats)}")
-    if report.get("base") is not None:  # adapter zoos: the base network with no adapter
-        lines.append(
-            f"{'base alone (no adapter)':<24}  {1:>4}  {_num(report['base']['accuracy']):>7}"
-        )
-    lines += [
-        "",
-        "novelty: max IoU of wrong-prediction sets with the zoo (1 = the same mistakes), and",
-        "min L2 distance to the zoo in normalized parameter space (0 = a copy)",
-        f"{'':<24}  {'n':>4}  {'IoU':>7}  {'':>7}  {'':>7}  {'':>7}    {'L2':>7}",
-        f"{'set':<24}  {'':>4}  {header}    {header}",
-    ]
-    for key, label in _set_rows(report):
-        s = sets[key]
-        lines.append(
-            f"{label:<24}  {s['n']:>4}  {_stats_cells(s['summary']['max_iou'])}    "
-            f"{_stats_cells(s['summary']['min_l2'], 3)}"
-        )
-    lines += ["", "per generated model:"]
-    width = max(len(m["name"]) for m in report["per_model"])
-    lines.append(
-        f"{'name':<{width}}  {'accuracy':>8}  {'max IoU':>7}  {'nearest (IoU)':<20}  "
-        f"{'min L2':>8}  nearest (L2)"
-    )
-    for m in report["per_model"]:
-        lines.append(
-            f"{m['name']:<{width}}  {_num(m['accuracy']):>8}  {_num(m['max_iou']):>7}  "
-            f"{m['nearest_by_iou_file'] or '-':<20}  {_num(m['min_l2'], 3):>8}  "
-            f"{m['nearest_by_l2_file'] or '-'}"
-        )
-    return "\n".join(lines)
-
-
-def format_task_report(report: dict[str, Any]) -> str:
-    """The human-readable table of an ``evaluate_tasks`` report (one row per task set)."""
-    s = report["settings"]
-    lines = [
-        f"zoo:        {report['zoo_path']} ({report['architecture']}, "
-        f"{report['num_training_tasks']} training tasks)",
-        f"generator:  {report['generator']}  ({s['samples_per_task']} samples per task, "
-        f"{s['sampler']} {s['steps']} steps"
-        + (f" eta {s['eta']:g}" if s.get("eta") and s["sampler"] == "ddim" else "")
-        + f", seed {s['seed']})",
-        f"test set:   each task's binary labels on {report['num_test']} digits test images",
-        "",
-        "accuracy (fractions)   tasks   generated: mean  median     min   bal.   "
-        "trained: mean     min   bal.   majority  nearest",
-    ]
-    for kind, label in (("heldout", "held-out (unseen)"), ("seen", "seen (training)")):
-        t = report["tasks"][kind]
-        lines.append(
-            f"{label:<22} {t['n_tasks']:>5}   {'':>9}{_num(t['generated_mean']):>6}  "
-            f"{_num(t['generated_median']):>6}  {_num(t['generated_min']):>6} "
-            f"{_num(t['generated_balanced_mean']):>6}   {'':>7}{_num(t['trained_mean']):>6}  "
-            f"{_num(t['trained_min']):>6} {_num(t['trained_balanced_mean']):>6}   "
-            f"{_num(t['majority_baseline_mean']):>8}  {_num(t['nearest_task_mean']):>7}"
-        )
-    lines += [
-        "",
-        "bal. = balanced accuracy (mean per-class recall); majority = always predicting the "
-        "task's majority class;",
-        "nearest = trained models of the closest seen task(s) by Hamming distance.",
-        "",
-        "per held-out task:",
-        f"{'mask (class 0..9)':<18}  {'pos':>5}  {'gen mean':>8}  {'gen min':>7}  "
-        f"{'trained':>7}  {'majority':>8}  {'nearest':>7}",
-    ]
-    for e in report["tasks"]["heldout"]["per_task"]:
-        lines.append(
-            f"{e['task']:<18}  {e['positive_fraction']:>5.2f}  {_num(e['generated']['mean']):>8}  "
-            f"{_num(e['generated']['min']):>7}  {_num(e['trained']['mean']):>7}  "
-            f"{_num(e['majority_baseline']):>8}  {_num(e['nearest_task']['mean']):>7}"
-        )
-    swapped = report["tasks"]["heldout"].get("with_trained_tensor_mean")
-    if swapped:
-        seen = report["tasks"]["seen"].get("with_trained_tensor_mean") or {}
-        lines += [
-            "",
-            "generated, with one tensor taken from the task's trained model (the tensor that "
-            "recovers most is what the generator gets wrong):",
-            f"{'tensor':<28}  {'held-out':>8}  {'seen':>6}",
-        ]
-        for name, value in swapped.items():
-            lines.append(f"{name:<28}  {_num(value):>8}  {_num(seen.get(name)):>6}")
-    directions = report["tasks"]["heldout"].get("task_direction_mean")
-    if directions:
-        seen_dirs = report["tasks"]["seen"].get("task_direction_mean") or {}
-        lines += [
-            "",
-            "how much of each tensor's task-specific part (trained minus the zoo average) the "
-            "generated tensors reproduce (1 = all, 0 = none):",
-            f"{'tensor':<28}  {'held-out slope':>14}  {'cosine':>6}  {'seen slope':>10}  {'cosine':>6}",
-        ]
-        for name, d in directions.items():
-            other = seen_dirs.get(name) or {}
-            lines.append(
-                f"{name:<28}  {_num(d['slope']):>14}  {_num(d['cosine']):>6}  "
-                f"{_num(other.get('slope')):>10}  {_num(other.get('cosine')):>6}"
-            )
-    return "\n".join(lines)
-
-
-def format_adapter_task_report(report: dict[str, Any]) -> str:
-    """The table of an ``evaluate_adapter_tasks`` report: one row per task set, one column per
-    method (mean accuracy over tasks, with the std over tasks under it)."""
-    from models.evaluation.adapter_tasks import METHODS
-
-    s = report["settings"]
-    lines = [
-        f"zoo:        {report['zoo_path']} ({report['architecture']} LoRA adapters, "
-        f"{report['num_training_tasks']} training tasks)",
-        f"generator:  {report['generator']}  ({s['samples_per_task']} samples per task, "
-        f"{s['sampler']} {s['steps']} steps, seed {s['seed']})",
-        f"test set:   each task's transform of the {report['num_test']} digits test images",
-        "",
-        f"{'accuracy':<20} {'tasks':>5}  "
-        + "  ".join(f"{m:>12}" for m in METHODS)
-        + "  gap closed",
-    ]
-    for kind, label in (("heldout", "held-out (unseen)"), ("seen", "seen (training)")):
-        t = report["tasks"][kind]
-        lines.append(
-            f"{label:<20} {t['n_tasks']:>5}  "
-            + "  ".join(f"{_num(t[m + '_mean']):>12}" for m in METHODS)
-            + f"  {_num(t['gap_closed'], 3):>10}"
-        )
-        lines.append(
-            f"{'  std over tasks':<20} {'':>5}  "
-            + "  ".join(f"{_num(t[m + '_std']):>12}" for m in METHODS)
-        )
-    lines += [
-        "",
-        "base = no adapter; trained = the task's own adapters; multitask = one adapter for all "
-        "seen tasks; nearest_seen = adapters of the seen task(s) with the nearest embedding;",
-        "regressor = an MLP from embedding to weights; mismatched = generated for another "
-        "task's embedding. gap closed = (generated - base) / (trained - base).",
-    ]
-    return "\n".join(lines)
 
 
 def _write_json(report: dict[str, Any], target: str) -> None:
@@ -263,6 +89,11 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 progress=progress,
             )
         else:
+            scorer = None
+            if not args.no_baselines:
+                from models.evaluation.task_baselines import TaskBaselines
+
+                scorer = TaskBaselines(zoo.build_module(), seed=args.seed)
             report = evaluate_tasks(
                 zoo,
                 generator,
@@ -274,7 +105,12 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 swap_tensors=args.swap_tensors,
                 progress=progress,
+                extra_scores=scorer,
             )
+            if scorer is not None:
+                from models.evaluation.task_baselines import summarize_task_baselines
+
+                report["baselines"] = summarize_task_baselines(report)
     except (ZooError, EvaluationError, ValueError, OSError) as e:
         return _fail(str(e))
     finally:
@@ -315,7 +151,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             names, state_dicts = load_generated_adapters(Path(args.generated), zoo)
         else:
             names, state_dicts = load_generated_dir(args.generated)
-        report = evaluate_generated(zoo, state_dicts, names, seed=args.seed)
+        report = evaluate_generated(
+            zoo, state_dicts, names, seed=args.seed, baselines=not args.no_baselines
+        )
     except (ZooError, EvaluationError, AdapterError, UnsafeFileError) as e:
         return _fail(str(e))
     report["duration_s"] = round(time.perf_counter() - started, 3)
@@ -344,7 +182,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and generated models, and novelty: for each generated model the max IoU of its "
         "wrong-prediction set with a zoo checkpoint and its min L2 distance to the zoo in "
         f"normalized parameter space, beside the zoo itself (leave-one-out) and zoo "
-        f"checkpoints plus Gaussian noise (sigma {sigmas}). Task-conditioned zoos "
+        f"checkpoints plus Gaussian noise (sigma {sigmas}), and the baselines of Zeng et al. 2025 "
+        "(--no-baselines skips them): zoo checkpoints plus noise scaled to each tensor's zoo "
+        "std with sigma matched to the generated mean accuracy, averages of 2, 4 and 8 random "
+        "checkpoints, and a per-value Gaussian fitted to the zoo. Task-conditioned zoos "
         "(digits-tasks): pass --generator BUNDLE instead; it samples models for every held-out "
         "task and a seeded sample of seen tasks and compares their accuracy on each task's "
         "binary test split with the trained models of the same task, the majority-class "
@@ -365,7 +206,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--seed",
         type=int,
         default=0,
-        help="seed of the noise baseline, or of the sampled models and seen tasks (default: 0)",
+        help="seed of the noise rows and baselines, or of the sampled models and seen tasks "
+        "(default: 0)",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the baselines of Zeng et al. 2025 (noise matched to the generated "
+        "accuracy by bisection, averages of 2 / 4 / 8 checkpoints, per-value Gaussian): the "
+        "bisection alone runs the whole zoo 10 times, which quick runs can do without",
     )
     p.add_argument(
         "--samples-per-task",

@@ -1,6 +1,6 @@
-"""The numbers evaluation reports: summary statistics, and similarity between models
-(IoU of wrong-prediction sets, L2 distance in normalized parameter space, nearest neighbours).
-Pure tensor math, no models or files.
+"""The numbers evaluation reports: summary statistics, similarity between models (IoU of
+wrong-prediction sets, L2 distance in normalized parameter space, nearest neighbours), and how
+much of a task's own direction generated tensors reproduce. Pure tensor math, no models or files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from torch import Tensor
 
 from models.errors import EvaluationError
 
-__all__ = ["accuracy_summary", "iou", "iou_matrix", "l2_matrix", "nearest", "summary_stats"]
+__all__ = [
+    "accuracy_summary",
+    "iou",
+    "iou_matrix",
+    "l2_matrix",
+    "nearest",
+    "summary_stats",
+    "task_direction",
+]
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -115,3 +123,29 @@ def _where_valid(
     ]
     idx = [int(i) if v is not None else None for i, v in zip(indices.tolist(), vals, strict=True)]
     return vals, idx
+
+
+# ---------------------------------------------------------------------------- task zoos
+
+
+def task_direction(
+    generated: Sequence[Tensor], trained: Sequence[Tensor], average: Tensor
+) -> dict[str, float]:
+    """How much of a task's own deviation from the zoo average the generated tensors reproduce.
+
+    ``d_t`` = mean of the task's trained tensors minus ``average`` (the mean over training
+    tasks), ``d_g`` = each generated tensor minus ``average``. ``slope`` = <d_g, d_t> / |d_t|^2
+    (1: all of the task-specific part, 0: none, as if the generator ignored the task),
+    ``cosine`` = the cosine of d_g and d_t; both averaged over the generated tensors. Accuracy
+    can hide a tensor that is only the zoo average: this cannot.
+    """
+    own = torch.stack([t.double() for t in trained]).mean(0) - average  # d_t
+    scale = float(own.square().sum())
+    slopes, cosines = [], []
+    for g in generated:
+        dev = g.double() - average  # d_g
+        dot = float((dev * own).sum())
+        norm = float(dev.norm() * own.norm())
+        slopes.append(dot / scale if scale > 0 else 0.0)
+        cosines.append(dot / norm if norm > 0 else 0.0)
+    return {"slope": statistics.fmean(slopes), "cosine": statistics.fmean(cosines)}

@@ -16,6 +16,10 @@ leave-one-out) and each checkpoint plus noise of sigma 0.01 / 0.05 (against the 
 checkpoint it came from). A generated model with max IoU 1.0 and min L2 near 0 is a copy; one
 that sits between the zoo's own spread and the noised copies is new but zoo-like.
 
+The baselines of Zeng et al. 2025 (``baselines``, scored by ``baseline_sets``: noise matched to
+the generated accuracy, averages of k checkpoints, a per-value Gaussian) ask the sharper
+question: does the generator make anything these cheap recipes cannot?
+
 Everything here returns plain, JSON-safe dicts (non-finite floats become None);
 ``models.evaluation.plot`` draws them and ``rpg evaluate`` (``models.cli.evaluate``) prints them.
 """
@@ -33,6 +37,9 @@ from torch import Tensor, nn
 
 from models.adapters.merge import AdaptedModule
 from models.errors import EvaluationError
+from models.evaluation.baseline_sets import baseline_settings, score_baselines
+from models.evaluation.baselines import add_noise
+from models.evaluation.generated import check_generated
 from models.evaluation.metrics import (
     accuracy_summary,
     iou_matrix,
@@ -54,39 +61,17 @@ __all__ = [
     "evaluate_state_dicts",
     "load_generated_dir",
     "noise_set_name",
+    "normalized_vectors",
+    "novelty_set",
     "wrong_predictions",
 ]
 
 NOISE_SIGMAS: tuple[float, ...] = (0.01, 0.05)
-# Noised running variances are clamped here: BatchNorm divides by sqrt(var + eps) and the
-# tokenizer log-transforms them, so they must stay positive.
-_VAR_FLOOR = 1e-6
 # Below this many parameters, forward passes run single-threaded (see wrong_predictions).
 _SMALL_MODEL = 1_000_000
 
 
 # ---------------------------------------------------------------------------- models
-
-
-def add_noise(
-    state_dict: Mapping[str, Tensor], sigma: float, generator: torch.Generator
-) -> dict[str, Tensor]:
-    """A copy of ``state_dict`` with N(0, sigma^2) added to every float tensor (raw weights).
-
-    Float parameters and float buffers are noised, except ``num_batches_tracked`` (a counter);
-    integer tensors are copied. BatchNorm ``running_var`` is clamped to stay positive.
-    """
-    out: dict[str, Tensor] = {}
-    for name, t in state_dict.items():
-        if not t.is_floating_point() or name.endswith("num_batches_tracked"):
-            out[name] = t.detach().clone()
-            continue
-        noise = torch.randn(t.shape, generator=generator, dtype=torch.float32) * sigma
-        noised = t.detach().to(torch.float32) + noise
-        if name.endswith("running_var"):
-            noised = noised.clamp_min(_VAR_FLOOR)
-        out[name] = noised.to(t.dtype)
-    return out
 
 
 @torch.no_grad()
@@ -124,40 +109,12 @@ def wrong_predictions(
     return wrong
 
 
-def check_generated(
-    names: Sequence[str],
-    state_dicts: Sequence[Mapping[str, Tensor]],
-    reference: Mapping[str, Tensor],
-) -> None:
-    """Every generated state dict must have the reference's keys, shapes and float-ness."""
-    for name, sd in zip(names, state_dicts, strict=True):
-        missing = [k for k in reference if k not in sd]
-        extra = [k for k in sd if k not in reference]
-        if missing or extra:
-            raise EvaluationError(
-                f"{name}: keys differ from the zoo's checkpoints (missing {missing[:5]}, "
-                f"unexpected {extra[:5]}); generated files must be state dicts of the zoo's "
-                "architecture (sample them with the generator trained on this zoo)"
-            )
-        for k, ref in reference.items():
-            t = sd[k]
-            if (
-                tuple(t.shape) != tuple(ref.shape)
-                or t.is_floating_point() != ref.is_floating_point()
-            ):
-                raise EvaluationError(
-                    f"{name}: tensor {k!r} is {tuple(t.shape)} {t.dtype}, the zoo has "
-                    f"{tuple(ref.shape)} {ref.dtype}; generated files must match the zoo's "
-                    "architecture"
-                )
-
-
 def noise_set_name(sigma: float) -> str:
     """The novelty-set key of zoo checkpoints plus noise of ``sigma``, e.g. ``noise_0.01``."""
     return f"noise_{sigma:g}"
 
 
-def _vectors(
+def normalized_vectors(
     tokenizer: ParameterTokenizer, state_dicts: Sequence[Mapping[str, Tensor]]
 ) -> tuple[Tensor, int]:
     """``(n, d)`` normalized vectors; a row of NaN (and a count) for unnormalizable models."""
@@ -171,7 +128,7 @@ def _vectors(
     return torch.stack(rows), bad
 
 
-def _novelty_set(
+def novelty_set(
     names: Sequence[str],
     wrong: Tensor | None,
     vectors: Tensor,
@@ -179,6 +136,7 @@ def _novelty_set(
     zoo_vectors: Tensor,
     exclude: Sequence[int | None],
 ) -> dict[str, Any]:
+    """One set's report: accuracy, max IoU and min L2 to the zoo (never column ``exclude[i]``)."""
     sim = None if wrong is None or zoo_wrong is None else iou_matrix(wrong, zoo_wrong)
     ious, iou_idx, l2, l2_idx = nearest(sim, l2_matrix(vectors, zoo_vectors), exclude)
     accs: list[float | None] = [None] * len(names)
@@ -215,6 +173,7 @@ def evaluate_state_dicts(
     seed: int = 0,
     noise_sigmas: Sequence[float] = NOISE_SIGMAS,
     batch_size: int = 1024,
+    baselines: bool = True,
 ) -> dict[str, Any]:
     """The evaluation report of ``generated`` against ``zoo_state_dicts`` (JSON-safe dict).
 
@@ -222,7 +181,9 @@ def evaluate_state_dicts(
     accuracy and IoU; without them only L2 novelty is computed. Noise is seeded by ``seed``
     (one stream per sigma). Keys: ``zoo`` and ``generated`` (accuracy summaries or None),
     ``novelty`` (sets ``zoo_loo``, ``noise_<sigma>``..., ``generated``), ``per_model`` (one
-    entry per generated model), ``zoo_files``, ``num_test``, ``settings``, ``notes``.
+    entry per generated model), ``zoo_files``, ``num_test``, ``settings``, ``notes``, and
+    with ``baselines`` the Zeng et al. sets (``baseline_sets.score_baselines``) under
+    ``baselines``, each scored like ``generated`` (else ``baselines`` is None).
     """
     if not zoo_state_dicts:
         raise EvaluationError("the zoo is empty; evaluation needs at least one zoo checkpoint")
@@ -245,10 +206,10 @@ def evaluate_state_dicts(
     # Zoo wrong-sets and vectors are computed once and shared by every compared set.
     tokenizer = ParameterTokenizer.fit(zoo_state_dicts)
     zoo_wrong = wrong_of(zoo_state_dicts)
-    zoo_vectors, _ = _vectors(tokenizer, zoo_state_dicts)
+    zoo_vectors, _ = normalized_vectors(tokenizer, zoo_state_dicts)
     n_zoo = len(zoo_state_dicts)
     sets: dict[str, dict[str, Any]] = {
-        "zoo_loo": _novelty_set(
+        "zoo_loo": novelty_set(
             zoo_names, zoo_wrong, zoo_vectors, zoo_wrong, zoo_vectors, list(range(n_zoo))
         )
     }
@@ -256,8 +217,8 @@ def evaluate_state_dicts(
         stream = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint32)[0])
         gen = torch.Generator().manual_seed(stream)
         noised = [add_noise(sd, sigma, gen) for sd in zoo_state_dicts]
-        vectors, _ = _vectors(tokenizer, noised)
-        sets[noise_set_name(sigma)] = _novelty_set(
+        vectors, _ = normalized_vectors(tokenizer, noised)
+        sets[noise_set_name(sigma)] = novelty_set(
             [f"{z}+noise({sigma:g})" for z in zoo_names],
             wrong_of(noised),
             vectors,
@@ -265,13 +226,34 @@ def evaluate_state_dicts(
             zoo_vectors,
             list(range(n_zoo)),  # the copy of checkpoint i is compared with the zoo minus i
         )
-    gen_vectors, bad = _vectors(tokenizer, generated)
+    gen_vectors, bad = normalized_vectors(tokenizer, generated)
     if bad:
         notes.append(f"{bad} generated model(s) have NaN/inf weights: their L2 distance is null")
-    gen_set = _novelty_set(
+    gen_set = novelty_set(
         names, wrong_of(generated), gen_vectors, zoo_wrong, zoo_vectors, [None] * len(names)
     )
     sets["generated"] = gen_set
+    baseline_report = None
+    if baselines:
+
+        def score(set_names: Sequence[str], sds: Sequence[Mapping[str, Tensor]]) -> dict[str, Any]:
+            vectors = normalized_vectors(tokenizer, sds)[0]
+            return novelty_set(
+                set_names, wrong_of(sds), vectors, zoo_wrong, zoo_vectors, [None] * len(sds)
+            )
+
+        target = gen_set["summary"]["accuracy"]
+        buffers = None if module is None else dict(module.named_buffers())
+        baseline_report, baseline_notes = score_baselines(
+            zoo_state_dicts,
+            len(generated),
+            None if target is None else target["mean"],
+            score,
+            zoo_names=zoo_names,
+            seed=seed,
+            buffers=buffers,
+        )
+        notes += baseline_notes
     if n_zoo < 2:
         notes.append("the zoo has one checkpoint: leave-one-out and noise rows have no neighbour")
 
@@ -296,6 +278,7 @@ def evaluate_state_dicts(
         "generated": gen_set["summary"]["accuracy"],
         "novelty": sets,
         "per_model": per_model,
+        "baselines": baseline_report,
         "zoo_files": zoo_names,
         "num_test": None if data is None or module is None else len(data[1]),
         "settings": {
@@ -303,6 +286,7 @@ def evaluate_state_dicts(
             "noise_sigmas": [float(s) for s in noise_sigmas],
             "distance_space": "normalized (ParameterTokenizer fitted on the zoo)",
             "num_parameters": tokenizer.num_parameters,
+            "baselines": baseline_settings() if baselines else None,
         },
         "notes": notes,
     }
@@ -316,6 +300,7 @@ def evaluate_generated(
     seed: int = 0,
     noise_sigmas: Sequence[float] = NOISE_SIGMAS,
     batch_size: int = 1024,
+    baselines: bool = True,
 ) -> dict[str, Any]:
     """``evaluate_state_dicts`` on a loaded zoo, with its test split rebuilt from ``zoo.dataset``.
 
@@ -367,6 +352,7 @@ def evaluate_generated(
         seed=seed,
         noise_sigmas=noise_sigmas,
         batch_size=batch_size,
+        baselines=baselines,
     )
     report["notes"] = notes + report["notes"]
     if isinstance(module, AdaptedModule) and data is not None:

@@ -16,18 +16,36 @@ from models.evaluation.novelty import noise_set_name
 
 __all__ = ["plot_accuracy_vs_similarity"]
 
+
+def _baseline_label(key: str, s: dict[str, Any]) -> str:
+    if key == "noise":
+        return f"noise σ={s['sigma']:.3g}×std (matched)"
+    if key == "gaussian":
+        return "per-value Gaussian"
+    asked = key.removeprefix("average_")
+    return f"average of {asked}" + ("" if str(s["k"]) == asked else f" ({s['k']} used)")
+
+
 # (novelty-set key, legend label, marker, colour); noise sets cycle through _NOISE_STYLE
 _ZOO = ("zoo_loo", "zoo (leave-one-out)", "o", "tab:blue")
 _GENERATED = ("generated", "generated", "*", "tab:red")
 _NOISE_STYLE = (("s", "tab:orange"), ("^", "tab:green"), ("v", "tab:purple"), ("D", "tab:brown"))
+# Zeng et al. baselines (report["baselines"]): hollow markers, so they read as a family apart.
+_BASELINE_STYLE = {
+    "noise": ("P", "black"),
+    "average_2": ("<", "tab:olive"),
+    "average_4": (">", "tab:cyan"),
+    "average_8": ("h", "tab:pink"),
+    "gaussian": ("X", "tab:gray"),
+}
 
 
 def plot_accuracy_vs_similarity(report: dict[str, Any], path: Path | str) -> Path:
     """Write a PNG scatter of accuracy (y) vs max IoU with the zoo (x); returns the path.
 
     One series per novelty set of ``report`` (from ``evaluate_generated``): the zoo
-    (leave-one-out), each noise level, and the generated models. Needs accuracy, i.e. a zoo
-    with a dataset spec.
+    (leave-one-out), each noise level, the generated models, and each baseline set of
+    ``report["baselines"]`` when there are any. Needs accuracy, i.e. a zoo with a dataset spec.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -38,18 +56,22 @@ def plot_accuracy_vs_similarity(report: dict[str, Any], path: Path | str) -> Pat
             "the plot needs accuracy and IoU, but this zoo has no dataset spec; "
             "use the L2 numbers in the table or JSON instead"
         )
-    series = [_ZOO]
+    series: list[tuple[dict[str, Any], str, str, str, bool]] = [(sets[_ZOO[0]], *_ZOO[1:], True)]
     for sigma, (marker, colour) in zip(
         report["settings"]["noise_sigmas"], cycle(_NOISE_STYLE), strict=False
     ):
-        series.append((noise_set_name(sigma), f"zoo + noise σ={sigma:g}", marker, colour))
-    series.append(_GENERATED)
+        label = f"zoo + noise σ={sigma:g}"
+        series.append((sets[noise_set_name(sigma)], label, marker, colour, True))
+    series.append((sets[_GENERATED[0]], *_GENERATED[1:], True))
+    for key, s in (report.get("baselines") or {}).items():
+        if s is not None:
+            marker, colour = _BASELINE_STYLE.get(key, ("d", "black"))
+            series.append((s, f"baseline: {_baseline_label(key, s)}", marker, colour, False))
 
     fig = Figure(figsize=(7.0, 5.0), dpi=120)
     FigureCanvasAgg(fig)  # attaches itself to fig; savefig then renders with Agg
     ax = fig.add_subplot(1, 1, 1)
-    for key, label, marker, colour in series:
-        s = sets[key]
+    for s, label, marker, colour, filled in series:
         points = [
             (x, y)
             for x, y in zip(s["max_iou"], s["accuracy"], strict=True)
@@ -59,13 +81,14 @@ def plot_accuracy_vs_similarity(report: dict[str, Any], path: Path | str) -> Pat
             continue
         xs, ys = zip(*points, strict=True)
         # Zoo and generated points are drawn above the (more numerous) noise points.
-        size, z = {"generated": (90, 4), "zoo_loo": (36, 3)}.get(key, (36, 2))
+        size, z = {"generated": (90, 4), "zoo (leave-one-out)": (36, 3)}.get(label, (36, 2))
         ax.scatter(
             xs,
             ys,
             s=size,
             marker=marker,
-            color=colour,
+            facecolors=colour if filled else "none",
+            edgecolors=colour,
             alpha=0.75,
             zorder=z,
             label=f"{label} (n={len(xs)})",

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from models.diffusion.samplers import SamplerName
 from models.errors import EvaluationError
+from models.evaluation.metrics import task_direction
 from models.evaluation.novelty import check_generated
 from models.generator import Generator
 from models.zoo import digits
@@ -52,6 +53,12 @@ __all__ = [
 
 # Called with (tasks done, tasks total) after each task.
 TaskProgress = Callable[[int, int], None]
+# Called per task with (mask, generated, trained, x_test, binary y_test); its dict joins the
+# task's entry (``task_baselines.TaskBaselines`` is one).
+TaskScores = Callable[
+    [Sequence[int], Sequence[Mapping[str, Tensor]], Sequence[Mapping[str, Tensor]], Tensor, Tensor],
+    dict[str, Any],
+]
 
 
 @dataclass(frozen=True)
@@ -140,29 +147,6 @@ def predict(module: nn.Module, state_dicts: Sequence[Mapping[str, Tensor]], x: T
 def _scores(preds: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
     accs = [float((p == y).sum()) / len(y) for p in preds]
     return accs, [balanced_accuracy(p, y) for p in preds]
-
-
-def task_direction(
-    generated: Sequence[Tensor], trained: Sequence[Tensor], average: Tensor
-) -> dict[str, float]:
-    """How much of a task's own deviation from the zoo average the generated tensors reproduce.
-
-    ``d_t`` = mean of the task's trained tensors minus ``average`` (the mean over training
-    tasks), ``d_g`` = each generated tensor minus ``average``. ``slope`` = <d_g, d_t> / |d_t|^2
-    (1: all of the task-specific part, 0: none, as if the generator ignored the task),
-    ``cosine`` = the cosine of d_g and d_t; both averaged over the generated tensors. Accuracy
-    can hide a tensor that is only the zoo average: this cannot.
-    """
-    own = torch.stack([t.double() for t in trained]).mean(0) - average  # d_t
-    scale = float(own.square().sum())
-    slopes, cosines = [], []
-    for g in generated:
-        dev = g.double() - average  # d_g
-        dot = float((dev * own).sum())
-        norm = float(dev.norm() * own.norm())
-        slopes.append(dot / scale if scale > 0 else 0.0)
-        cosines.append(dot / norm if norm > 0 else 0.0)
-    return {"slope": statistics.fmean(slopes), "cosine": statistics.fmean(cosines)}
 
 
 def _training_average(zoo: Zoo, training: Sequence[Task]) -> dict[str, Tensor]:
@@ -270,6 +254,7 @@ def evaluate_tasks(
     seed: int = 0,
     swap_tensors: bool = False,
     progress: TaskProgress | None = None,
+    extra_scores: TaskScores | None = None,
 ) -> dict[str, Any]:
     """The task report of ``generator`` on ``zoo`` (JSON-safe; accuracies are fractions).
 
@@ -327,6 +312,8 @@ def evaluate_tasks(
         near_sds = [zoo.read(zoo.path / c.file) for t in near for c in t.checkpoints]
         near_acc = _scores(predict(module, near_sds, split.x_test), y_test)[0] if near_sds else []
         extra: dict[str, Any] = {}
+        if extra_scores is not None:
+            extra.update(extra_scores(task.mask, generated, trained_sds, split.x_test, y_test))
         if swap_tensors:
             own = trained_sds[0]
             extra["with_trained_tensor"] = {

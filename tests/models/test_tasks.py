@@ -384,6 +384,10 @@ def test_cli_evaluate_generator(
     doc = json.loads((tmp_path / "r.json").read_text())
     assert set(doc["tasks"]) == {"heldout", "seen"}
     assert doc["tasks"]["heldout"]["n_tasks"] == 2 and doc["tasks"]["seen"]["n_tasks"] == 1
+    # the Zeng et al. baselines, per task from its own 2 checkpoints, pooled per kind
+    held = doc["baselines"]["heldout"]
+    assert held["generated"]["n"] == 2 and held["noise"]["n"] == 4 and held["average_8"]["k"] == 2
+    assert doc["baselines"]["seen"]["gaussian"]["n_tasks"] == 1 and "baselines (Zeng" in out
     args = parser.parse_args([*base, "--generated", str(tmp_path)])
     assert args.func(args) == 1 and "--generator" in capsys.readouterr().err
     with pytest.raises(SystemExit):
