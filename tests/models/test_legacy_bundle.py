@@ -27,6 +27,8 @@ def test_the_legacy_config_names_no_kind_and_no_objective() -> None:
 @pytest.mark.parametrize(("sampler", "steps"), CASES)
 def test_legacy_bundle_samples_the_same_bits(sampler: str, steps: int) -> None:
     generator = Generator.from_pretrained(Path(BUNDLE))
+    assert generator.model.config.denoiser.kind == "unet"
+    assert generator.model.config.diffusion.objective == "epsilon"
     samples = generator.sample(num_samples=2, seed=7, sampler=sampler, steps=steps)  # type: ignore[arg-type]
     golden = json.loads(GOLDEN.read_text())
     assert samples_sha256(samples) == golden[f"{sampler}-{steps}"]
