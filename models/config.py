@@ -261,6 +261,7 @@ PRESETS: dict[str, Preset] = {
             lr=2e-3, batch_size=32, diffusion_batch=1024, steps=3000,
             channels=(1, 16, 32, 64, 32, 16, 1), mean_head=True,
         ),
+        denoiser="mlp",
         mlp=MLPRecipe(
             width=256, depth=3, mlp_ratio=2,
             training=Recipe(lr=4e-3, batch_size=8, diffusion_batch=512, steps=1000),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from models.bench.denoiser import register_denoiser_bench
 from models.bench.scale import register_scale
 from models.sampler_names import SamplerName
 from models.zoo.build import DIGITS_ARCHITECTURES
@@ -58,6 +59,7 @@ def register(subparsers: Any) -> None:
         "time sampling one model with DDIM and DDPM.",
     )
     register_scale(sub)  # rpg bench scale (models/bench/scale.py)
+    register_denoiser_bench(sub)  # rpg bench denoiser (models/bench/denoiser.py)
 
     speed.add_argument("--work", type=Path, default=Path("data/bench/speed"))
     speed.add_argument("--steps", type=int, default=100)
