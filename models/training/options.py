@@ -43,7 +43,7 @@ class TrainConfig:
 
     preset: str | None = None  # None: chosen from the zoo's parameter count
     backbone: BackboneKind = "mamba"
-    denoiser: DenoiserKind | None = None  # None: the preset's default kind
+    denoiser: DenoiserKind | None = None  # None: the preset's default (unet if channels given)
     objective: Objective | None = None  # None: the kind's (Preset.objective_for)
     steps: int | None = None  # None: the preset's default
     token_size: int | None = None
@@ -119,7 +119,8 @@ def build_model_config(
     backbone_options: dict[str, Any] = {"d_state": d_state} if options.backbone == "mamba" else {}
     condition = zoo.condition or {"kind": "none"}
     conditional = condition.get("kind") == "vector"
-    kind = options.denoiser or preset.denoiser
+    # U-Net widths given without a kind mean the U-Net (they are its widths).
+    kind = options.denoiser or ("unet" if options.channels else preset.denoiser)
     recipe = preset.recipe(conditional, kind)
     denoiser = DenoiserConfig(
         kind=kind,

@@ -111,3 +111,40 @@ def test_plan_flops_match_flop_counter_over_a_real_sampling_call(
         sample["flops_per_model"],
         measured,
     )
+
+
+def test_an_mlp_flow_bundle_round_trips_and_samples_deterministically(
+    tiny_zoo: Path, tmp_path: Path
+) -> None:
+    from models.training import train
+
+    options = TrainConfig(
+        steps=3, d_model=32, d_state=16, token_size=256, progress=False, save_every=0
+    )
+    train(tiny_zoo, tmp_path / "gen", options)  # the tiny preset's default kind: mlp + flow
+    generator = Generator.from_pretrained(tmp_path / "gen")
+    assert generator.config["defaults"] == {"sampler": "flow-midpoint", "steps": 4}
+    assert isinstance(generator.model.denoiser, MLPDenoiser)
+    first = generator.sample(2, seed=3, sampler="flow-midpoint", steps=4)
+    again = generator.sample(2, seed=3, sampler="flow-midpoint", steps=4)
+    generator.save_pretrained(tmp_path / "copy")
+    reloaded = Generator.from_pretrained(tmp_path / "copy").sample(
+        2, seed=3, sampler="flow-midpoint", steps=4
+    )
+    for a, b, c in zip(first, again, reloaded, strict=True):
+        assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+    generator.build_module().load_state_dict(first[0], strict=True)
+    with pytest.raises(ValueError, match="trained with the 'flow' objective"):
+        generator.sample(1, seed=3, sampler="dpm-solver++", steps=4)
+
+
+def test_bench_denoiser_reports_both_kinds_and_their_ratios(tiny_zoo: Path) -> None:
+    from models.bench.denoiser import run_denoiser_bench
+
+    report = run_denoiser_bench(tiny_zoo, steps=1, repeats=1)
+    unet, mlp = report["kinds"]["unet"], report["kinds"]["mlp"]
+    assert (unet["sampler"], mlp["sampler"]) == ("dpm-solver++", "flow-midpoint")
+    assert unet["generated_parameters"] == mlp["generated_parameters"] == 9_610
+    # per step at the tiny preset: ~75M FLOP per 256-value token for the U-Net, ~1.8M for mlp
+    assert report["ratios"]["flops_unet_over_mlp"] > 10
+    assert unet["flops_per_step"] == pytest.approx(39 * 75.9e6, rel=0.05)
