@@ -275,7 +275,8 @@ def _check_stop(should_stop: ShouldStop | None, done: int, total: int) -> None:
 
 
 def _predict(denoiser: Denoiser, x: Tensor, t: int, cond: Tensor) -> Tensor:
-    timesteps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    # One timestep for the whole call, expanded (stride 0): a denoiser may embed it once.
+    timesteps = torch.full((1,), t, dtype=torch.long, device=x.device).expand(x.shape[0])
     eps = denoiser(x, timesteps, cond)
     if eps.shape != x.shape:
         raise ValueError(

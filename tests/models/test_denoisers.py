@@ -83,26 +83,28 @@ def test_presets_without_an_mlp_recipe_say_so() -> None:
         PRESETS["small"].recipe(False, "mlp")
 
 
-def _untrained_generator(zoo_path: Path, denoiser: str) -> Generator:
+def _untrained_generator(zoo_path: Path, denoiser: str, objective: str | None = None) -> Generator:
     """A generator built exactly as `rpg train --denoiser KIND` would build it (untrained:
     FLOPs do not depend on the weights)."""
     zoo = load_zoo(zoo_path).training_zoo()
     files = zoo.files()
     tokenizer = fit_tokenizer(files[:1], token_size=256, granularity="tensor")
-    options = TrainConfig(denoiser=denoiser)  # type: ignore[arg-type]
+    options = TrainConfig(denoiser=denoiser, objective=objective)  # type: ignore[arg-type]
     config, _ = build_model_config(zoo, tokenizer.num_parameters, options, 1)
     torch.manual_seed(0)
     model = RPGModel(config, tokenizer.positions())
     return Generator(model, tokenizer, {"name": "flops"})
 
 
-@pytest.mark.parametrize("denoiser", ["unet", "mlp"])
+@pytest.mark.parametrize(
+    ("denoiser", "objective"), [("unet", None), ("mlp", None), ("mlp", "epsilon"), ("unet", "flow")]
+)
 def test_plan_flops_match_flop_counter_over_a_real_sampling_call(
-    tiny_zoo: Path, denoiser: str
+    tiny_zoo: Path, denoiser: str, objective: str | None
 ) -> None:
-    plan = make_plan(tiny_zoo, denoiser=denoiser)
+    plan = make_plan(tiny_zoo, denoiser=denoiser, objective=objective)
     sample = plan["sample"]
-    generator = _untrained_generator(tiny_zoo, denoiser)
+    generator = _untrained_generator(tiny_zoo, denoiser, objective)
     assert generator.model.config.diffusion.objective == plan["objective"]
     with FlopCounterMode(display=False) as counter:
         generator.sample(num_samples=1, seed=0, sampler=sample["sampler"], steps=sample["steps"])
