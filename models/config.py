@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from models.sampler_names import SamplerName
+from models.sampler_names import OBJECTIVES, Objective, SamplerName
 
 # The kinds a config may name; the modules that implement them import these.
 BackboneKind = Literal["mamba", "lstm", "transformer", "gmlp"]
 ConditionMode = Literal["all", "gate"]
 CondProjection = Literal["per_layer", "shared"]
+DenoiserKind = Literal["unet", "mlp"]
+DENOISER_KINDS: tuple[DenoiserKind, ...] = ("unet", "mlp")
 NormKind = Literal["batch", "group"]
 PositionKind = Literal["2d", "1d", "learned"]
 ScheduleKind = Literal["linear", "cosine"]
@@ -46,27 +48,52 @@ class BackboneConfig:
 
 @dataclass
 class DenoiserConfig:
-    """The 1-D conv U-Net that denoises one token at a time."""
+    """The network that denoises one token at a time, given its prototype.
 
+    `kind="unet"`: the paper's 1-D conv U-Net (`channels`, `kernel_size`, `norm`,
+    `cond_projection`); `kind="mlp"`: the GEMM-shaped `MLPDenoiser` (`width`, `depth`,
+    `mlp_ratio`). Both read `time_dim`. Bundles saved before kinds existed have no `kind`: U-Net.
+    """
+
+    kind: DenoiserKind = "unet"
     channels: tuple[int, ...] = (1, 32, 64, 128, 64, 32, 1)
     kernel_size: int = 7
     time_dim: int = 128
     norm: NormKind = "batch"
     # "shared": one condition projection for all layers (the official code); "per_layer": one each
     cond_projection: CondProjection = "per_layer"
+    width: int = 256
+    depth: int = 3
+    mlp_ratio: int = 2
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
+        if self.kind not in DENOISER_KINDS:
+            raise ValueError(
+                f"denoiser kind must be one of {list(DENOISER_KINDS)}, got {self.kind!r}"
+            )
 
 
 @dataclass
 class DiffusionConfig:
-    """Noise schedule (RPG.md: linear betas 1e-4..0.02, T = 1000)."""
+    """Training objective and noise schedule (RPG.md: epsilon prediction, linear betas
+    1e-4..0.02, T = 1000).
+
+    `objective="flow"`: rectified flow (x_s = (1 - s) x0 + s noise, s in [0, 1]) with the
+    denoiser predicting clean data; the beta schedule is then unused, and `num_timesteps`
+    only scales the time the denoiser sees (s * num_timesteps). Bundles saved before
+    objectives existed have none: epsilon.
+    """
 
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
     schedule: ScheduleKind = "linear"
+    objective: Objective = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
 
 
 @dataclass
@@ -130,6 +157,18 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class MLPRecipe:
+    """A preset's recipe for the `mlp` denoiser kind: its widths and training recipes (the
+    U-Net's are the preset's own `channels`, `training` and `conditional`)."""
+
+    width: int
+    depth: int
+    mlp_ratio: int
+    training: Recipe
+    conditional: Recipe | None = None  # the recipe on a conditional zoo; None: the same
+
+
+@dataclass(frozen=True)
 class Preset:
     """A row of the size-preset table: architecture, training recipe and sampling defaults.
 
@@ -155,12 +194,46 @@ class Preset:
     official: str = ""
     # The recipe on a conditional zoo (one task embedding per checkpoint); None: the same.
     conditional: Recipe | None = None
+    # The denoiser kind `rpg train` builds by default, and the mlp kind's recipe (None: the
+    # preset offers the U-Net only). Each kind trains with its objective by default
+    # (`objective_for`) and samples with that objective's default (`sampling`).
+    denoiser: DenoiserKind = "unet"
+    mlp: MLPRecipe | None = None
+    flow_sampler: SamplerName = "flow-midpoint"  # the flow objective's default, and steps
+    flow_sampler_steps: int = 4
 
-    def recipe(self, conditional: bool) -> Recipe:
-        """The training recipe for a conditional or an unconditional zoo."""
+    def recipe(self, conditional: bool, kind: DenoiserKind = "unet") -> Recipe:
+        """The training recipe for a conditional or an unconditional zoo, for denoiser `kind`."""
+        if kind == "mlp":
+            mlp = self.mlp_recipe()
+            if conditional and mlp.conditional is not None:
+                return mlp.conditional
+            return mlp.training
         if conditional and self.conditional is not None:
             return self.conditional
         return self.training
+
+    def mlp_recipe(self) -> MLPRecipe:
+        """The mlp kind's recipe; ValueError (with the fix) where the preset has none."""
+        if self.mlp is None:
+            with_mlp = sorted(name for name, p in PRESETS.items() if p.mlp is not None)
+            raise ValueError(
+                f"preset {self.name!r} has no recipe for the mlp denoiser; use --denoiser unet "
+                f"or a preset with one: {with_mlp}"
+            )
+        return self.mlp
+
+    @staticmethod
+    def objective_for(kind: DenoiserKind) -> Objective:
+        """The objective a denoiser kind trains with by default: the U-Net keeps the paper's
+        epsilon prediction, the mlp kind uses rectified flow (docs/explanation/denoisers.md)."""
+        return "flow" if kind == "mlp" else "epsilon"
+
+    def sampling(self, objective: Objective) -> tuple[SamplerName, int]:
+        """The default (sampler, steps) of a generator trained with `objective`."""
+        if objective == "flow":
+            return self.flow_sampler, self.flow_sampler_steps
+        return self.sampler, self.sampler_steps
 
 
 _PAPER_UNET = (1, 32, 64, 128, 64, 32, 1)
@@ -187,6 +260,14 @@ PRESETS: dict[str, Preset] = {
         conditional=Recipe(
             lr=2e-3, batch_size=32, diffusion_batch=1024, steps=3000,
             channels=(1, 16, 32, 64, 32, 16, 1), mean_head=True,
+        ),
+        denoiser="mlp",
+        mlp=MLPRecipe(
+            width=256, depth=3, mlp_ratio=2,
+            training=Recipe(lr=4e-3, batch_size=8, diffusion_batch=512, steps=1000),
+            conditional=Recipe(
+                lr=2e-3, batch_size=32, diffusion_batch=1024, steps=3000, mean_head=True
+            ),
         ),
     ),
     "small": Preset(

@@ -37,7 +37,7 @@ from models.bundle_check import check_bundle
 from models.diffusion.samplers import OnProgress, ShouldStop
 from models.heap import keep_freed_memory
 from models.limits import DEFAULT_LIMITS, FileLimits
-from models.request_check import check_condition
+from models.request_check import check_condition, default_sampling
 from models.rpg import RPGModel
 from models.sampler_names import SamplerName
 from models.tokenizer import ParameterTokenizer
@@ -229,13 +229,24 @@ class Generator:
         return None if values is None else torch.tensor(values, dtype=torch.float32)
 
     # ------------------------------------------------------------------ sampling
+    def _sampling(self, sampler: SamplerName | None, steps: int | None) -> tuple[SamplerName, int]:
+        """The sampler and steps a call runs: as given, else the defaults `sample` documents."""
+        if self.model.config.diffusion.objective == "epsilon":
+            return sampler or "ddim", 50 if steps is None else steps
+        default_sampler, default_steps = default_sampling(self.config)
+        if sampler is None:
+            sampler = default_sampler
+        if steps is None:
+            steps = default_steps if sampler == default_sampler else 4
+        return sampler, steps
+
     def sample(
         self,
         num_samples: int = 1,
         condition: Any = None,
         seed: int | None = None,
-        sampler: SamplerName = "ddim",
-        steps: int = 50,
+        sampler: SamplerName | None = None,
+        steps: int | None = None,
         *,
         eta: float = 0.0,
         permutation_state: int | None = None,
@@ -246,6 +257,8 @@ class Generator:
     ) -> list[dict[str, Tensor]]:
         """Generate `num_samples` state dicts of the target architecture.
 
+        `sampler` / `steps` None: DDIM with 50 steps for an epsilon generator (as always), the
+        bundle's default sampler and steps for a flow generator (DDIM cannot sample it).
         `dtype` is the compute precision (autocast); the returned tensors keep the zoo's
         dtypes. `should_stop()` is checked before every denoiser step; when it returns True
         sampling ends and `SamplingStopped` is raised. `on_progress(fraction)` is called after
@@ -253,6 +266,7 @@ class Generator:
         """
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        sampler, steps = self._sampling(sampler, steps)
         cond = self.make_condition(condition)
         seed = secrets.randbits(63) if seed is None else int(seed)
         compute_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype

@@ -153,9 +153,20 @@ def _backbone_token_floats(config: RPGConfig) -> int:
 def _denoiser_token_floats(config: RPGConfig, device_type: str = "cpu") -> int:
     """Floats per token in the denoiser: activations and gradients of every layer, and on CPU
     the conv's unfolded input (kernel x widest input) that oneDNN's backward works on."""
+    if config.denoiser.kind == "mlp":
+        return 2 * _mlp_token_floats(config)  # activations and their gradients
     channels = config.denoiser.channels
     widest = max(channels) * config.denoiser.kernel_size if device_type == "cpu" else 0
     return config.token_size * (2 * sum(channels) + 2 * widest)
+
+
+def _mlp_token_floats(config: RPGConfig) -> int:
+    """Floats per token the mlp denoiser keeps: input, prototype terms, and per block the
+    normalized, modulated, hidden (before and after GELU) and output activations."""
+    den = config.denoiser
+    width, hidden = den.width, den.mlp_ratio * den.width
+    modulations = 2 * (den.depth + 1) * width
+    return 2 * config.token_size + width + modulations + den.depth * (3 * width + 2 * hidden)
 
 
 def train_memory(work: Workload, parameters: int) -> dict[str, int]:
@@ -202,7 +213,9 @@ def sample_memory(work: Workload, parameters: int) -> dict[str, int]:
         "prototypes_bytes": L * d_out * FLOAT + backbone,
         "tokens_bytes": 3 * L * T * FLOAT,  # noise, output, decoded float64 per tensor
         # inference: one layer's input, output and unfolded input per token of a chunk
-        "denoiser_bytes": min(work.sample_chunk, L) * T * widest * FLOAT,
+        "denoiser_bytes": min(work.sample_chunk, L) * T * widest * FLOAT
+        if config.denoiser.kind == "unet"
+        else min(work.sample_chunk, L) * _mlp_token_floats(config) * FLOAT,
     }
     parts["peak_bytes"] = sum(parts.values())
     return parts
@@ -210,13 +223,36 @@ def sample_memory(work: Workload, parameters: int) -> dict[str, int]:
 
 def sample_flops(work: Workload, backbone_parameters: int) -> int:
     """Multiply-adds x 2 to generate one model: the backbone once, the denoiser per step."""
-    config, L, T = work.config, work.num_tokens, work.config.token_size
-    channels = config.denoiser.channels
-    kernel = config.denoiser.kernel_size
+    L = work.num_tokens
+    per_step, per_token_once, per_call = denoiser_flops(work.config)
+    calls = -(-L // work.sample_chunk)  # denoiser calls per step for one model
+    backbone = 2 * backbone_parameters * L  # every backbone weight once per token
+    once = L * per_token_once
+    return backbone + once + work.sample_steps * (L * per_step + calls * per_call)
+
+
+def denoiser_flops(config: RPGConfig) -> tuple[int, int, int]:
+    """(per token per step, per token once per sampling call, per call per step): the
+    denoiser's multiply-adds x 2 as `torch.utils.flop_counter.FlopCounterMode` counts them
+    (matrix products and convolutions; norms and activations are not counted).
+
+    U-Net: every conv and every per-layer projection of the prototype and the time, per
+    token and step. mlp: the token path per token and step; the prototype terms once per
+    token (samplers compute them once, `objective.run_sampler`); the time terms once per call.
+    """
+    den, T = config.denoiser, config.token_size
+    d_out = config.backbone.d_output or config.backbone.d_model
+    if den.kind == "mlp":
+        W, hidden = den.width, den.mlp_ratio * den.width
+        modulations = 2 * (den.depth + 1) * W
+        per_step = 2 * (2 * T * W + den.depth * 2 * W * hidden)
+        once = 2 * d_out * (W + modulations)
+        per_call = 2 * (den.time_dim * W + W * modulations)
+        return per_step, once, per_call
+    channels, kernel = den.channels, den.kernel_size
     convs = sum(2 * c_in * c_out * kernel * T for c_in, c_out in itertools.pairwise(channels))
     layers = len(channels) - 1
-    d_out = config.backbone.d_output or config.backbone.d_model
-    projections = 2 * T * (config.denoiser.time_dim * layers)
-    projections += 2 * T * d_out * (layers if config.denoiser.cond_projection == "per_layer" else 1)
-    backbone = 2 * backbone_parameters * L  # every backbone weight once per token
-    return backbone + work.sample_steps * L * (convs + projections)
+    projections = 2 * T * (den.time_dim * layers)
+    projections += 2 * T * d_out * (layers if den.cond_projection == "per_layer" else 1)
+    time_mlp = 2 * 2 * den.time_dim * den.time_dim  # its two Linear layers, per token
+    return convs + projections + time_mlp, 0, 0

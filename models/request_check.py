@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from models.sampler_names import SAMPLERS, SamplerName
+from models.sampler_names import SAMPLERS, Objective, SamplerName, objective_error
 
 __all__ = [
     "SAMPLERS",
@@ -31,11 +31,17 @@ __all__ = [
     "default_sampling",
     "mask_from_classes",
     "num_timesteps",
+    "objective",
     "steps_to_run",
 ]
 
 DEFAULT_SAMPLER: SamplerName = "ddim"
 DEFAULT_STEPS = 50
+# A bundle without usable defaults gets its objective's (a flow bundle cannot run DDIM).
+_OBJECTIVE_DEFAULTS: dict[str, tuple[SamplerName, int]] = {
+    "epsilon": (DEFAULT_SAMPLER, DEFAULT_STEPS),
+    "flow": ("flow-midpoint", 4),
+}
 
 
 @dataclass(frozen=True)
@@ -71,13 +77,23 @@ def num_timesteps(config: Mapping[str, Any]) -> int:
     return int(diffusion.get("num_timesteps", 1000))
 
 
+def objective(config: Mapping[str, Any]) -> Objective:
+    """The generator's training objective (bundles saved before objectives existed: epsilon)."""
+    diffusion = (config.get("model") or {}).get("diffusion") or {}
+    return cast(Objective, diffusion.get("objective", "epsilon"))
+
+
 def default_sampling(config: Mapping[str, Any]) -> tuple[SamplerName, int]:
-    """The (sampler, steps) a request without them gets: the bundle's `defaults`."""
+    """The (sampler, steps) a request without them gets: the bundle's `defaults`, or its
+    objective's when those are missing or do not fit the objective."""
+    fallback_sampler, fallback_steps = _OBJECTIVE_DEFAULTS.get(
+        objective(config), (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    )
     defaults = config.get("defaults") or {}
-    sampler = defaults.get("sampler", DEFAULT_SAMPLER)
-    if sampler not in SAMPLERS:
-        sampler = DEFAULT_SAMPLER
-    return cast(SamplerName, sampler), int(defaults.get("steps") or DEFAULT_STEPS)
+    sampler = defaults.get("sampler", fallback_sampler)
+    if sampler not in SAMPLERS or objective_error(sampler, objective(config)) is not None:
+        return fallback_sampler, fallback_steps
+    return cast(SamplerName, sampler), int(defaults.get("steps") or fallback_steps)
 
 
 def steps_to_run(sampler: str, steps: int, timesteps: int) -> int:
@@ -204,8 +220,11 @@ def check_request(
     chosen = sampler if sampler is not None else default_sampler
     timesteps = num_timesteps(config)
     max_steps = limits.max_steps if limits.max_steps is not None else timesteps
+    mismatch = objective_error(chosen, objective(config))
     if chosen not in SAMPLERS:
         errors.append(FieldError("sampler", f"is {chosen!r}; choose one of {list(SAMPLERS)}"))
+    elif mismatch is not None:
+        errors.append(FieldError("sampler", mismatch))
     elif chosen == "ddpm":
         if timesteps > max_steps:
             errors.append(

@@ -25,16 +25,14 @@ from torch.utils.checkpoint import checkpoint
 from models.backbones import backbone_from_config
 from models.config import RPGConfig
 from models.diffusion import (
-    SAMPLER_FUNCTIONS,
-    SAMPLERS,
     NoiseSchedule,
     OnProgress,
     SamplerName,
     ShouldStop,
     denoiser_from_config,
-    diffusion_loss,
     masked_mse,
 )
+from models.diffusion.objective import check_sampler, objective_loss, run_sampler
 from models.position import PositionEmbedding
 
 # Denoiser calls never get fewer rows than this: a short chunk is padded with zero rows whose
@@ -184,10 +182,10 @@ class RPGModel(nn.Module):
         checkpoint_chunk: int | None = None,
         token_weights: Tensor | None = None,
     ) -> Tensor:
-        """The training loss: masked epsilon MSE on a random subset of `diffusion_batch`
-        tokens of the batch (the loss is the forward pass so that DDP wraps the whole step);
-        with a mean head, plus the head's masked MSE on the same tokens, and the epsilon MSE
-        is taken on the residual.
+        """The training loss: the objective's masked MSE (epsilon or flow) on a random subset
+        of `diffusion_batch` tokens of the batch (the loss is the forward pass so that DDP
+        wraps the whole step); with a mean head, plus the head's masked MSE on the same
+        tokens, and the objective's MSE is taken on the residual.
 
         tokens: (B, L, token_size) with NaN padding; permutation_ids: (B,).
         ``checkpoint_chunk``: compute only the subset's prototypes, in checkpointed pieces
@@ -218,8 +216,11 @@ class RPGModel(nn.Module):
                 cond = cond[idx]
         if idx is not None:
             x0 = x0[idx]
+        objective = self.config.diffusion.objective
         if self.mean_head is None:
-            return diffusion_loss(self.denoiser, self.schedule, x0, cond, generator=generator)
+            return objective_loss(
+                objective, self.denoiser, self.schedule, x0, cond, generator=generator
+            )
         # Regression for the token's mean, diffusion for what is left around it (the
         # residual is taken against the detached mean, so the two losses do not pull on each
         # other's target); NaN padding stays NaN in the residual and is masked in both.
@@ -236,8 +237,8 @@ class RPGModel(nn.Module):
         # the task zoo's first layer about 5x slower (docs/benchmarks; likely through Adam's shared
         # step-size estimates, which the noisy diffusion gradients inflate).
         residual = x0 - mean.detach()
-        return regression + diffusion_loss(
-            self.denoiser, self.schedule, residual, cond.detach(), generator=generator
+        return regression + objective_loss(
+            objective, self.denoiser, self.schedule, residual, cond.detach(), generator=generator
         )
 
     @torch.inference_mode()
@@ -268,8 +269,7 @@ class RPGModel(nn.Module):
         `on_progress(fraction of this call)` is called after every denoiser step of every
         chunk. The caller sets eval mode.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+        check_sampler(sampler, self.config.diffusion.objective)
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         if eta != 0.0 and sampler != "ddim":
@@ -317,7 +317,8 @@ class RPGModel(nn.Module):
             if on_progress is not None:
                 options["on_progress"] = _chunk_progress(on_progress, start, stop, total)
             with autocast():
-                result = SAMPLER_FUNCTIONS[sampler](
+                result = run_sampler(
+                    sampler,
                     self.denoiser,
                     self.schedule,
                     x_chunk,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from models.sampler_names import SAMPLERS
+from models.request_check import objective
+from models.sampler_names import samplers_for
 from service.catalog import Catalog, GeneratorInfo
 from worker.settings import Settings
 
@@ -82,7 +83,8 @@ def _sampler_variants(info: GeneratorInfo, settings: Settings) -> list[dict[str,
     """(properties, required) fragments for sampler, steps and eta (models.request_check's
     rules: DDPM runs the whole schedule with eta 0; the others take 1..limit steps)."""
     steps_limit = min(settings.max_steps, info.num_timesteps)
-    stepped = [name for name in SAMPLERS if name != "ddpm"]
+    # only the samplers of the generator's objective (a flow generator cannot run DDIM)
+    stepped = [name for name in samplers_for(objective(info.config)) if name != "ddpm"]
     stepped_default = info.default_sampler != "ddpm"
     steps: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": steps_limit}
     default_fits = info.default_steps <= steps_limit  # else a request must name its steps
@@ -98,7 +100,8 @@ def _sampler_variants(info: GeneratorInfo, settings: Settings) -> list[dict[str,
             + ([] if default_fits or not stepped_default else ["steps"]),
         }
     ]
-    if info.num_timesteps <= settings.max_steps:  # DDPM runs every timestep: allowed only then
+    if "ddpm" in samplers_for(objective(info.config)) and info.num_timesteps <= settings.max_steps:
+        # DDPM runs every timestep: allowed only then
         ddpm: dict[str, Any] = {"const": "ddpm"}
         variants.append(
             {

@@ -88,12 +88,13 @@ class GenerateRequest(_Strict):
     )
     sampler: SamplerName | None = Field(
         default=None,
-        description="'ddim', 'ddpm' or 'dpm-solver++'; omitted = the generator's default",
+        description="'ddim', 'ddpm' or 'dpm-solver++' (epsilon generators), 'flow-euler' or "
+        "'flow-midpoint' (flow generators); omitted = the generator's default",
     )
     steps: int | None = Field(
         default=None,
         ge=1,
-        description="DDIM / DPM-Solver++ steps; omitted = the generator's default. With 'ddpm' the generator's "
+        description="denoiser evaluations; omitted = the generator's default. With 'ddpm' the generator's "
         "full schedule (num_timesteps) is always used",
     )
     eta: FiniteFloat = Field(

@@ -1,5 +1,8 @@
 """`rpg bench quality` and `rpg bench speed`: the numbers on docs/benchmarks/index.md come from here.
 
+Both measure the tiny preset's U-Net (`--denoiser unet`: DDIM and DDPM are epsilon samplers);
+`rpg bench denoiser` compares it with the mlp kind.
+
 quality: build (or reuse) a digits zoo, train the tiny generator, sample N models with DDIM
 and N with DDPM, evaluate accuracy and novelty against the zoo, print one table with the
 time of every stage. speed: training throughput (steps/s) and sampling time per model.
@@ -15,6 +18,7 @@ from typing import Any
 
 import torch
 
+from models.bench.denoiser import register_denoiser_bench
 from models.bench.scale import register_scale
 from models.sampler_names import SamplerName
 from models.zoo.build import DIGITS_ARCHITECTURES
@@ -58,6 +62,7 @@ def register(subparsers: Any) -> None:
         "time sampling one model with DDIM and DDPM.",
     )
     register_scale(sub)  # rpg bench scale (models/bench/scale.py)
+    register_denoiser_bench(sub)  # rpg bench denoiser (models/bench/denoiser.py)
 
     speed.add_argument("--work", type=Path, default=Path("data/bench/speed"))
     speed.add_argument("--steps", type=int, default=100)
@@ -118,7 +123,9 @@ def _quality(args: argparse.Namespace) -> int:
             result = train(
                 zoo_dir,
                 bundle_dir,
-                TrainConfig(preset="tiny", steps=args.steps, seed=args.seed, save_every=0),
+                TrainConfig(
+                    preset="tiny", denoiser="unet", steps=args.steps, seed=args.seed, save_every=0
+                ),
             )
         train_info = {
             "steps": result.steps,
@@ -207,12 +214,21 @@ def _speed(args: argparse.Namespace) -> int:
     train(
         zoo_dir,
         bundle_dir,
-        TrainConfig(preset="tiny", steps=5, device=device, save_every=0, progress=False),
+        TrainConfig(
+            preset="tiny", denoiser="unet", steps=5, device=device, save_every=0, progress=False
+        ),
     )
     result = train(
         zoo_dir,
         bundle_dir,
-        TrainConfig(preset="tiny", steps=args.steps, device=device, save_every=0, progress=False),
+        TrainConfig(
+            preset="tiny",
+            denoiser="unet",
+            steps=args.steps,
+            device=device,
+            save_every=0,
+            progress=False,
+        ),
     )
     generator = Generator.from_pretrained(bundle_dir, device=device)
     timings: dict[str, float] = {}

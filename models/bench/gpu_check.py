@@ -211,6 +211,7 @@ def run_check(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         d_state=args.d_state,
         token_size=args.token_size,
         channels=tuple(args.channels) if args.channels else None,
+        denoiser="unet",  # it samples with DDIM (an epsilon sampler)
     )
     result = train(zoo_dir, workdir / "bundle", options)
     summary["train"] = {

@@ -53,6 +53,7 @@ def run_scale(
     device: str,
     preset: str | None = None,
     seed: int = 0,
+    denoiser: str | None = None,
 ) -> dict[str, Any]:
     """Build, plan, train, sample, evaluate; returns the report (JSON-safe)."""
     from models.cli.plan import make_plan
@@ -64,7 +65,8 @@ def run_scale(
 
     kind: DigitsKind = "digits-resnet18-small" if small else "digits-resnet18"
     recipe = digits.TrainingRecipe(epochs=2, lr=1e-3, batch_size=32) if small else None
-    zoo_dir, bundle = work / kind, work / f"{kind}-generator"
+    zoo_dir = work / kind
+    bundle = work / f"{kind}-generator" if denoiser is None else work / f"{kind}-{denoiser}"
     times: dict[str, float] = {}
     started = time.perf_counter()
     if (zoo_dir / "zoo.json").is_file():
@@ -76,7 +78,7 @@ def run_scale(
     times["zoo_s"] = time.perf_counter() - started
 
     torch_device = pick_device(device)
-    plan = make_plan(zoo_dir, preset=preset, device=torch_device.type)
+    plan = make_plan(zoo_dir, preset=preset, denoiser=denoiser, device=torch_device.type)
     micro = plan["train"]["micro_batch"]
     if not plan["device"].get("train_fits", True):
         micro = max(1, micro // 4)  # the planner's first advice: smaller passes
@@ -88,6 +90,7 @@ def run_scale(
         micro_batch=micro,
         save_every=0,
         progress=False,
+        denoiser=denoiser,  # type: ignore[arg-type]  # argparse choices
     )
     started = time.perf_counter()
     result = train(zoo_dir, bundle, options)
@@ -95,7 +98,11 @@ def run_scale(
 
     generator = Generator.from_pretrained(bundle, device=torch_device)
     started = time.perf_counter()
-    samples = generator.sample(num_samples, seed=seed, sampler="ddim", steps=ddim_steps)
+    # DDIM for an epsilon generator; a flow generator's own default (flow-midpoint, 4 steps)
+    sampler, sample_steps = "ddim", ddim_steps
+    if generator.model.config.diffusion.objective == "flow":
+        sampler, sample_steps = plan["sample"]["sampler"], plan["sample"]["steps"]
+    samples = generator.sample(num_samples, seed=seed, sampler=sampler, steps=sample_steps)  # type: ignore[arg-type]
     times["sample_s_per_model"] = (time.perf_counter() - started) / num_samples
 
     split = digits.split_from_spec(zoo.dataset or {})
@@ -109,6 +116,7 @@ def run_scale(
         "zoo": {"kind": kind, "checkpoints": len(zoo), "accuracy_mean": statistics.fmean(zoo_acc)},
         "plan": {
             "preset": plan["preset"],
+            "denoiser": plan["denoiser"],
             "generator_parameters": plan["generator_parameters"],
             "predicted_train_peak_gib": plan["train"]["peak_bytes"] / 2**30,
             "micro_batch": micro,
@@ -119,7 +127,7 @@ def run_scale(
             "mean": statistics.fmean(accuracies),
             "min": min(accuracies),
             "max": max(accuracies),
-            "sampler": f"ddim-{ddim_steps}",
+            "sampler": f"{sampler}-{sample_steps}",
         },
         "times": times,
         "memory": _peak_memory(str(torch_device)),
@@ -138,6 +146,7 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         device=args.device,
         preset=args.preset or ("tiny" if args.small else None),
         seed=args.seed,
+        denoiser=args.denoiser,
     )
     print(json.dumps(report, indent=2))
     if args.json:
@@ -159,6 +168,11 @@ def register_scale(sub: Any) -> None:
     scale.add_argument("--steps", type=int, help="training steps (default: 5000; small: 20)")
     scale.add_argument(
         "--preset", help="override the planner's preset (default: planned; small: tiny)"
+    )
+    scale.add_argument(
+        "--denoiser",
+        choices=["unet", "mlp"],
+        help="denoiser kind (default: the preset's); a flow generator samples with its default",
     )
     scale.add_argument("-n", "--num-samples", type=int, default=10)
     scale.add_argument("--ddim-steps", type=int, default=60)

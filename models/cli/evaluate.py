@@ -66,6 +66,11 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
             trust_builders=command_trust(args),
             limits=limits,
         )
+        from models.request_check import default_sampling
+
+        default_sampler, default_steps = default_sampling(generator.config)
+        sampler = args.sampler or default_sampler
+        steps = args.steps or (default_steps if args.sampler is None else 50)
         from tqdm import tqdm
 
         bar = tqdm(desc="evaluate tasks", unit="task", disable=None, file=sys.stderr)
@@ -82,8 +87,8 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 generator,
                 samples_per_task=args.samples_per_task,
                 seen_tasks=args.seen_tasks,
-                sampler=args.sampler,
-                steps=args.steps,
+                sampler=sampler,
+                steps=steps,
                 eta=args.eta,
                 seed=args.seed,
                 progress=progress,
@@ -99,8 +104,8 @@ def _cmd_evaluate_tasks(args: argparse.Namespace) -> int:
                 generator,
                 samples_per_task=args.samples_per_task,
                 seen_tasks=args.seen_tasks,
-                sampler=args.sampler,
-                steps=args.steps,
+                sampler=sampler,
+                steps=steps,
                 eta=args.eta,
                 seed=args.seed,
                 swap_tensors=args.swap_tensors,
@@ -228,8 +233,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=20,
         help="--generator: training tasks evaluated beside the held-out ones (default: 20)",
     )
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="--generator")
-    p.add_argument("--steps", type=int, default=50, help="--generator: DDIM steps (default: 50)")
+    p.add_argument(
+        "--sampler", choices=SAMPLERS, help="--generator (default: the bundle's, config.json)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="--generator: denoiser steps (default: the bundle's with its sampler, else 50)",
+    )
     p.add_argument(
         "--eta", type=float, default=0.0, help="--generator: DDIM eta (0: deterministic)"
     )

@@ -36,6 +36,8 @@ def make_plan(
     zoo_path: Path,
     *,
     preset: str | None = None,
+    denoiser: str | None = None,
+    objective: str | None = None,
     batch_size: int | None = None,
     micro_batch: int | None = None,
     checkpoint_chunk: int | None = None,
@@ -55,15 +57,21 @@ def make_plan(
     zoo = load_zoo(zoo_path).training_zoo()
     first = zoo.read(zoo.files()[0])
     probe = ParameterTokenizer.fit([first], token_size=1)
-    options = TrainConfig(preset=preset, batch_size=batch_size)
+    options = TrainConfig(
+        preset=preset,
+        batch_size=batch_size,
+        denoiser=denoiser,  # type: ignore[arg-type]  # argparse choices
+        objective=objective,  # type: ignore[arg-type]
+    )
     config, preset_name = build_model_config(zoo, probe.num_parameters, options, 1)
     chosen = PRESETS[preset_name]
-    recipe = chosen.recipe(conditional=config.condition_dim > 0)
+    recipe = chosen.recipe(config.condition_dim > 0, config.denoiser.kind)
+    sampler, sampler_steps = chosen.sampling(config.diffusion.objective)
     tokenizer = ParameterTokenizer.fit([first], token_size=config.token_size)
     L, T, N = tokenizer.num_tokens, config.token_size, len(zoo)
     batch = min(batch_size or recipe.batch_size, N)
     micro = min(micro_batch or batch, batch)
-    steps = 1000 if chosen.sampler == "ddpm" else chosen.sampler_steps
+    steps = config.diffusion.num_timesteps if sampler == "ddpm" else sampler_steps
     work = Workload(
         num_checkpoints=N,
         num_tokens=L,
@@ -92,6 +100,8 @@ def make_plan(
             "num_parameters": probe.num_parameters,
         },
         "preset": preset_name,
+        "denoiser": config.denoiser.kind,
+        "objective": config.diffusion.objective,
         "generator_parameters": parameters,
         "tokens": {"num_tokens": L, "token_size": T},
         "train": {
@@ -103,7 +113,7 @@ def make_plan(
         },
         "sample": {
             **sample,
-            "sampler": chosen.sampler,
+            "sampler": sampler,
             "steps": steps,
             "flops_per_model": sample_flops(work, backbone_parameters),
         },
@@ -152,7 +162,8 @@ def _print(plan: dict[str, Any]) -> None:
         f"zoo:        {plan['zoo']['path']} ({plan['zoo']['num_checkpoints']} checkpoints, "
         f"{plan['zoo']['num_parameters']:,} parameters each)",
         f"preset:     {plan['preset']}  ({plan['tokens']['num_tokens']:,} tokens of "
-        f"{plan['tokens']['token_size']})",
+        f"{plan['tokens']['token_size']}; {plan['denoiser']} denoiser, {plan['objective']} "
+        "objective)",
         f"generator:  {plan['generator_parameters']:,} parameters",
         f"training:   peak {_gib(train['peak_bytes'])} at batch {train['batch_size']} "
         f"(micro-batch {train['micro_batch']}, {pieces})",
@@ -189,6 +200,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         plan = make_plan(
             args.zoo,
             preset=args.preset,
+            denoiser=args.denoiser,
+            objective=args.objective,
             batch_size=args.batch_size,
             micro_batch=args.micro_batch,
             checkpoint_chunk=args.checkpoint_chunk,
@@ -207,7 +220,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``plan`` to the ``rpg`` subcommands."""
-    from models.config import PRESETS
+    from models.config import DENOISER_KINDS, PRESETS
+    from models.sampler_names import OBJECTIVES
 
     p = subparsers.add_parser(
         "plan",
@@ -218,6 +232,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("zoo", type=Path, help="zoo directory")
     p.add_argument("--preset", choices=sorted(PRESETS), help="default: by parameter count")
+    p.add_argument(
+        "--denoiser", choices=list(DENOISER_KINDS), help="denoiser kind (default: the preset's)"
+    )
+    p.add_argument(
+        "--objective", choices=list(OBJECTIVES), help="training objective (default: the kind's)"
+    )
     p.add_argument("--batch-size", type=int, help="checkpoints per step (default: the preset's)")
     p.add_argument("--micro-batch", type=int, help="checkpoints per forward/backward pass")
     p.add_argument("--checkpoint-chunk", type=int, help="tokens per backbone piece (0: off)")

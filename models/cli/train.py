@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from models.config import PRESETS
+from models.config import DENOISER_KINDS, PRESETS
+from models.sampler_names import OBJECTIVES
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +28,19 @@ def register(subparsers: Any) -> None:
     )
     train.add_argument(
         "--backbone", choices=["mamba", "lstm", "transformer", "gmlp"], default="mamba"
+    )
+    train.add_argument(
+        "--denoiser",
+        choices=list(DENOISER_KINDS),
+        help="denoiser kind: the paper's 1-D conv U-Net or the GEMM-shaped mlp "
+        "(default: the preset's; docs/explanation/denoisers.md)",
+    )
+    train.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        help="training objective: epsilon (DDPM noise prediction) or flow (rectified flow, "
+        "data prediction; samplers flow-euler / flow-midpoint) (default: the kind's: "
+        "epsilon for unet, flow for mlp)",
     )
     train.add_argument(
         "--steps",
@@ -105,6 +119,8 @@ def _train(args: argparse.Namespace) -> int:
     options = TrainConfig(
         preset=args.preset,
         backbone=args.backbone,
+        denoiser=args.denoiser,
+        objective=args.objective,
         steps=args.steps,
         token_size=args.token_size,
         seed=args.seed,

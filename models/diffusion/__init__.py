@@ -6,8 +6,10 @@ everything here treats tokens as independent given their prototypes.
 
 from __future__ import annotations
 
-from models.diffusion.denoiser import ConvUNetDenoiser, denoiser_from_config, timestep_embedding
+from models.diffusion.denoiser import ConvUNetDenoiser, timestep_embedding
+from models.diffusion.kinds import denoiser_from_config
 from models.diffusion.loss import diffusion_loss, masked_mse
+from models.diffusion.mlp_denoiser import MLPDenoiser
 from models.diffusion.samplers import (
     SAMPLER_FUNCTIONS,
     SAMPLERS,
@@ -30,6 +32,7 @@ __all__ = [
     "SAMPLER_FUNCTIONS",
     "ConvUNetDenoiser",
     "Denoiser",
+    "MLPDenoiser",
     "NoiseSchedule",
     "OnProgress",
     "SamplerName",

@@ -1,4 +1,4 @@
-"""The RPG denoiser: a small 1-D convolutional U-Net over one parameter token.
+"""The paper's RPG denoiser: a small 1-D convolutional U-Net over one parameter token.
 
 A token (`token_size` values) is a 1-channel sequence. Every conv layer sees
 `(h + cond_l) * time_l`, where `cond_l` and `time_l` are learned projections of the token's
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from models.config import CondProjection, NormKind, RPGConfig
+from models.config import CondProjection, NormKind
 
-__all__ = ["ConvUNetDenoiser", "denoiser_from_config", "timestep_embedding"]
+__all__ = ["ConvUNetDenoiser", "timestep_embedding"]
 
 
 # The output conv starts at this fraction of PyTorch's default init (see __init__).
@@ -201,16 +201,3 @@ class ConvUNetDenoiser(nn.Module):
             f"token_size={self.token_size}, cond_dim={self.cond_dim}, "
             f"channels={self.channels}, norm={self.norm!r}, cond_projection={self.cond_projection!r}"
         )
-
-
-def denoiser_from_config(config: RPGConfig, cond_dim: int) -> ConvUNetDenoiser:
-    """The denoiser a saved `RPGConfig` describes, for prototypes of `cond_dim` channels."""
-    return ConvUNetDenoiser(
-        config.token_size,
-        cond_dim,
-        channels=config.denoiser.channels,
-        kernel_size=config.denoiser.kernel_size,
-        time_dim=config.denoiser.time_dim,
-        norm=config.denoiser.norm,
-        cond_projection=config.denoiser.cond_projection,
-    )

@@ -27,7 +27,7 @@ from torch import Tensor
 from models.diffusion.schedule import NoiseSchedule
 from models.diffusion.timesteps import SolverSpacing, Spacing, ddim_timesteps, logsnr_timesteps
 from models.errors import SamplingStopped
-from models.sampler_names import SAMPLERS, SamplerName
+from models.sampler_names import SAMPLERS, SamplerName, samplers_for
 
 __all__ = [
     "SAMPLERS",
@@ -264,8 +264,9 @@ SAMPLER_FUNCTIONS: dict[SamplerName, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
     "dpm-solver++": sample_dpm_solver_pp,
 }
-"""Sampler by name: `SAMPLER_FUNCTIONS[name](denoiser, schedule, noise, cond, **options)`."""
-assert tuple(SAMPLER_FUNCTIONS) == SAMPLERS
+"""Sampler by name: `SAMPLER_FUNCTIONS[name](denoiser, schedule, noise, cond, **options)`
+(the epsilon objective's; the flow objective's are in `flow.py`)."""
+assert tuple(SAMPLER_FUNCTIONS) == samplers_for("epsilon")
 
 
 def _check_stop(should_stop: ShouldStop | None, done: int, total: int) -> None:
@@ -274,7 +275,8 @@ def _check_stop(should_stop: ShouldStop | None, done: int, total: int) -> None:
 
 
 def _predict(denoiser: Denoiser, x: Tensor, t: int, cond: Tensor) -> Tensor:
-    timesteps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    # One timestep for the whole call, expanded (stride 0): a denoiser may embed it once.
+    timesteps = torch.full((1,), t, dtype=torch.long, device=x.device).expand(x.shape[0])
     eps = denoiser(x, timesteps, cond)
     if eps.shape != x.shape:
         raise ValueError(

@@ -95,7 +95,7 @@ def _train(
     token_weights = token_weights_for(tokenizer, weighting)  # (L,), once, on the device
     token_weights = None if token_weights is None else token_weights.to(device)
 
-    recipe = preset.recipe(conditional=conds is not None)
+    recipe = preset.recipe(conditional=conds is not None, kind=config.denoiser.kind)
     total_steps = options.steps or recipe.steps
     lr = options.lr or recipe.lr
     batch_size = min(options.batch_size or recipe.batch_size, len(data))
@@ -130,6 +130,8 @@ def _train(
     meta = _bundle_meta(
         zoo, zoo_path, options, preset_name, lr, batch_size, diffusion_batch, total_steps, device
     )
+    sampler, sampler_steps = preset.sampling(config.diffusion.objective)
+    meta["defaults"] = {"sampler": sampler, "steps": sampler_steps}
     adapter = bundle_section(zoo)
     if adapter is not None:  # the bundle's samples are PEFT folders of this base
         meta["adapter"] = adapter
@@ -213,7 +215,6 @@ def _bundle_meta(
         "architecture": zoo.architecture,
         "dataset": zoo.dataset,
         "condition": zoo.condition or {"kind": "none"},
-        "defaults": {"sampler": PRESETS[preset].sampler, "steps": PRESETS[preset].sampler_steps},
         "zoo": {
             "path": str(zoo_path),
             "num_checkpoints": len(zoo.checkpoints),

@@ -20,9 +20,12 @@ from models.config import (
     BackboneKind,
     ConditionMode,
     DenoiserConfig,
+    DenoiserKind,
+    DiffusionConfig,
     RPGConfig,
     preset_for,
 )
+from models.sampler_names import Objective
 from models.tokenizer import Granularity, ParameterTokenizer
 from models.training.data import DEFAULT_RESIDENT_BYTES
 from models.zoo.store import Zoo
@@ -40,6 +43,8 @@ class TrainConfig:
 
     preset: str | None = None  # None: chosen from the zoo's parameter count
     backbone: BackboneKind = "mamba"
+    denoiser: DenoiserKind | None = None  # None: the preset's default (unet if channels given)
+    objective: Objective | None = None  # None: the kind's (Preset.objective_for)
     steps: int | None = None  # None: the preset's default
     token_size: int | None = None
     seed: int = 0
@@ -70,6 +75,8 @@ class TrainConfig:
     d_model: int | None = None  # overrides of the preset, for experiments and fast tests
     d_state: int | None = None
     channels: tuple[int, ...] | None = None
+    width: int | None = None  # the mlp denoiser's width / blocks, if not the preset's
+    depth: int | None = None
     name: str | None = None
     progress: bool = True
     # Memory (none of these change what a step computes, except micro_batch: see below).
@@ -112,7 +119,21 @@ def build_model_config(
     backbone_options: dict[str, Any] = {"d_state": d_state} if options.backbone == "mamba" else {}
     condition = zoo.condition or {"kind": "none"}
     conditional = condition.get("kind") == "vector"
-    recipe = preset.recipe(conditional)
+    # U-Net widths given without a kind mean the U-Net (they are its widths). Adapter zoos keep
+    # the U-Net until the mlp kind is measured on them (docs/explanation/denoisers.md).
+    unet_by_default = bool(options.channels) or zoo.is_adapter_zoo
+    kind = options.denoiser or ("unet" if unet_by_default else preset.denoiser)
+    recipe = preset.recipe(conditional, kind)
+    denoiser = DenoiserConfig(
+        kind=kind,
+        channels=options.channels or recipe.channels or preset.channels,
+        cond_projection=preset.cond_projection,
+    )
+    if kind == "mlp":
+        mlp = preset.mlp_recipe()
+        denoiser.width = options.width or mlp.width
+        denoiser.depth = options.depth or mlp.depth
+        denoiser.mlp_ratio = mlp.mlp_ratio
     config = RPGConfig(
         token_size=options.token_size or preset.token_size,
         num_permutation_states=num_states,
@@ -128,10 +149,8 @@ def build_model_config(
             # a d_model override drops the preset's wider last layer
             d_output=None if options.d_model else preset.d_output,
         ),
-        denoiser=DenoiserConfig(
-            channels=options.channels or recipe.channels or preset.channels,
-            cond_projection=preset.cond_projection,
-        ),
+        denoiser=denoiser,
+        diffusion=DiffusionConfig(objective=options.objective or preset.objective_for(kind)),
     )
     return config, preset_name
 

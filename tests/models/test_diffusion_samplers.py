@@ -317,7 +317,9 @@ def test_samplers_validate_shapes(sampler: Callable[..., Tensor]) -> None:
 
 
 def test_sampler_names_in_one_place() -> None:
-    assert tuple(SAMPLER_FUNCTIONS) == SAMPLERS
+    from models.diffusion.objective import FLOW_SAMPLER_FUNCTIONS
+
+    assert tuple(SAMPLER_FUNCTIONS) + tuple(FLOW_SAMPLER_FUNCTIONS) == SAMPLERS
 
 
 STEP_CASES: list[tuple[str, dict[str, Any], int]] = [

@@ -127,6 +127,9 @@ def test_cli_train_and_sample(
     assert code == 0 and "trained 4 steps" in capsys.readouterr().out
     config = json.loads((bundle / "config.json").read_text())
     assert config["model"]["backbone"]["kind"] == "lstm" and config["training"]["preset"] == "tiny"
+    assert config["model"]["denoiser"]["kind"] == "mlp"  # the tiny preset's default kind
+    assert config["model"]["diffusion"]["objective"] == "flow"
+    assert config["defaults"] == {"sampler": "flow-midpoint", "steps": 4}
     out = tmp_path / "samples"
     code = rpg(["sample", str(bundle), "--out", str(out), "-n", "2", "--seed", "4", "--steps", "3"])
     assert code == 0
@@ -136,6 +139,10 @@ def test_cli_train_and_sample(
     ]
     code = rpg(["sample", str(bundle), "--out", str(out), "--condition", "[1, 0]"])
     assert code == 2 and "unconditional" in capsys.readouterr().err
+    # a sampler of the other objective: one line that names the ones that fit
+    code = rpg(["sample", str(bundle), "--out", str(out), "--sampler", "ddim"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained with the 'flow' objective" in err and "flow-midpoint" in err
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["zoo"], ["evaluate"]])
@@ -196,6 +203,33 @@ def test_conditional_zoos_train_with_the_presets_conditional_recipe() -> None:
     assert PRESETS["base"].recipe(conditional=True) == PRESETS["base"].recipe(conditional=False)
 
 
+def test_the_tiny_preset_trains_the_mlp_denoiser_with_flow_by_default() -> None:
+    from models.training.options import build_model_config
+    from models.zoo.store import Zoo
+
+    zoo = Zoo(Path("."), None, None, {"kind": "none"}, [])
+    tiny = PRESETS["tiny"]
+    assert tiny.denoiser == "mlp" and tiny.mlp is not None
+    config, _ = build_model_config(zoo, 9_610, TrainConfig(), 1)
+    assert (config.denoiser.kind, config.diffusion.objective) == ("mlp", "flow")
+    assert config.denoiser.width == tiny.mlp.width and config.denoiser.depth == tiny.mlp.depth
+    assert tiny.sampling("flow") == ("flow-midpoint", 4)
+    # the U-Net stays reachable: by kind, or by naming its widths
+    unet, _ = build_model_config(zoo, 9_610, TrainConfig(denoiser="unet"), 1)
+    assert (unet.denoiser.kind, unet.diffusion.objective) == ("unet", "epsilon")
+    assert tiny.sampling("epsilon") == ("dpm-solver++", 8)
+    widths, _ = build_model_config(zoo, 9_610, TrainConfig(channels=(1, 4, 1)), 1)
+    assert widths.denoiser.kind == "unet"
+    adapters = Zoo(Path("."), None, None, {"kind": "none"}, [], adapter={"base": "b"})
+    assert build_model_config(adapters, 9_610, TrainConfig(), 1)[0].denoiser.kind == "unet"
+    both, _ = build_model_config(zoo, 9_610, TrainConfig(denoiser="unet", objective="flow"), 1)
+    assert both.diffusion.objective == "flow"
+    # the paper presets keep the U-Net
+    assert all(PRESETS[name].denoiser == "unet" for name in ("small", "base", "large"))
+    with pytest.raises(ValueError, match="no recipe for the mlp denoiser"):
+        build_model_config(zoo, 9_610, TrainConfig(preset="small", denoiser="mlp"), 1)
+
+
 def test_the_conditional_recipe_picks_its_denoiser() -> None:
     from models.training.options import build_model_config
     from models.zoo.store import Zoo
@@ -206,14 +240,16 @@ def test_the_conditional_recipe_picks_its_denoiser() -> None:
     tiny = PRESETS["tiny"]
     assert tiny.conditional is not None and tiny.conditional.channels is not None
     task = {"kind": "vector", "dim": 10}
-    conditional, _ = build_model_config(zoo(task), 4290, TrainConfig(), 1)
+    unet = TrainConfig(denoiser="unet")
+    conditional, _ = build_model_config(zoo(task), 4290, unet, 1)
     assert conditional.denoiser.channels == tiny.conditional.channels != tiny.channels
-    plain, _ = build_model_config(zoo({"kind": "none"}), 4290, TrainConfig(), 1)
+    plain, _ = build_model_config(zoo({"kind": "none"}), 4290, unet, 1)
     assert plain.denoiser.channels == tiny.channels
     override, _ = build_model_config(zoo(task), 4290, TrainConfig(channels=(1, 4, 1)), 1)
     assert override.denoiser.channels == (1, 4, 1)  # an explicit option wins
     # The mean head: on for a conditional zoo, off otherwise, and an explicit option wins.
     assert conditional.mean_head and tiny.conditional.mean_head and not plain.mean_head
+    assert build_model_config(zoo(task), 4290, TrainConfig(), 1)[0].mean_head  # mlp kind too
     assert not build_model_config(zoo(task), 4290, TrainConfig(mean_head=False), 1)[0].mean_head
     assert build_model_config(zoo({"kind": "none"}), 4290, TrainConfig(mean_head=True), 1)[
         0

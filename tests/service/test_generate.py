@@ -287,3 +287,29 @@ def test_queue_full_is_503_with_retry_after(gateway_factory: GatewayFactory) -> 
     assert int(response.headers["retry-after"]) > 0
     assert "retry" in problem["detail"]
     assert queue_depth(gateway.redis) == 2
+
+
+def test_a_sampler_of_the_other_objective_is_a_problem_and_nothing_is_enqueued(
+    gateway_factory: GatewayFactory, config_bundles: list[Any], tmp_path: Any
+) -> None:
+    from tests.service.conftest import write_config_bundle
+
+    bundle = write_config_bundle(tmp_path / "flow", name="digits-flow", condition={"kind": "none"})
+    config = json.loads((bundle / "config.json").read_text())
+    config["model"]["denoiser"]["kind"] = "mlp"
+    config["model"]["diffusion"]["objective"] = "flow"
+    config["defaults"] = {"sampler": "flow-midpoint", "steps": 4}
+    (bundle / "config.json").write_text(json.dumps(config))
+    live = gateway_factory(generators=[str(bundle), *map(str, config_bundles)])
+    flow = {"architecture": "digits-flow"}
+    accepted = post(live, flow)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["request"]["sampler"] == "flow-midpoint"
+    depth = queue_depth(live.redis)
+    for body in (
+        {**flow, "sampler": "ddim"},
+        {"architecture": "digits-mlp", "sampler": "flow-euler"},
+    ):
+        problem = assert_problem(post(live, body), 422)
+        assert "objective" in problem["detail"] and "\n" not in problem["detail"]
+    assert queue_depth(live.redis) == depth
