@@ -127,6 +127,14 @@ class Workload:
     sample_steps: int
     sample_chunk: int = 1024  # tokens per denoiser call when sampling
     device_type: str = "cpu"  # "cuda": bf16 autocast, the caching allocator, no unfolded convs
+    # Rows a pass runs through the backbone: one per distinct (permutation id, condition) of the
+    # micro-batch (RPGModel runs shared rows once). None: micro_batch (every row distinct).
+    backbone_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Backbone rows per pass (at most the micro-batch)."""
+        return min(self.micro_batch, self.backbone_rows or self.micro_batch)
 
 
 def _mamba_token_floats(config: RPGConfig) -> int:
@@ -173,14 +181,14 @@ def train_memory(work: Workload, parameters: int) -> dict[str, int]:
     """Predicted peak memory of a training step, by part (bytes; "peak_bytes" the total)."""
     config, L, T = work.config, work.num_tokens, work.config.token_size
     d = config.backbone.d_model
-    pass_tokens = work.micro_batch * (work.checkpoint_chunk or L)
+    pass_tokens = work.rows * (work.checkpoint_chunk or L)
     # On CUDA (not measured here yet): bf16 activations, PyTorch's caching allocator.
     on_cpu = work.device_type == "cpu"
     factor = ALLOCATOR_FACTOR if on_cpu else CUDA_ALLOCATOR_FACTOR
     act = FLOAT if on_cpu else FLOAT // 2
     backbone = pass_tokens * _backbone_token_floats(config) * act * factor
     if work.checkpoint_chunk is None:  # inputs and prototypes of the whole batch, and grads
-        backbone += 4 * work.micro_batch * L * d * FLOAT
+        backbone += 4 * work.rows * L * d * FLOAT
     # the position table and its float64 construction, per sequence position
     backbone += 4 * L * d * FLOAT
     denoiser = work.diffusion_batch * _denoiser_token_floats(config, work.device_type) * act
