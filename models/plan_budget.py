@@ -67,16 +67,16 @@ def _scan_flops_per_token(config: RPGConfig) -> int:
 
 
 def denoiser_token_flops(config: RPGConfig, cond_dim: int) -> int:
-    """Forward FLOPs of the denoiser on one token: its convolutions and its time and condition
-    projections (to ``token_size`` values each)."""
+    """Forward FLOPs of the U-Net denoiser on one token, as ``ConvUNetDenoiser.forward`` runs
+    it: its convolutions, the time MLP, and per layer the time and the condition projection
+    to ``token_size`` values (a shared condition projection is applied at every layer too)."""
     channels, T = config.denoiser.channels, config.token_size
-    kernel = config.denoiser.kernel_size
+    kernel, time_dim = config.denoiser.kernel_size, config.denoiser.time_dim
     convs = sum(2 * c_in * c_out * kernel * T for c_in, c_out in itertools.pairwise(channels))
     layers = len(channels) - 1
-    projections = 2 * T * config.denoiser.time_dim * layers
-    shared = config.denoiser.cond_projection == "shared"
-    projections += 2 * T * cond_dim * (1 if shared else layers)
-    return convs + projections
+    projections = 2 * T * (time_dim + cond_dim) * layers
+    time_mlp = 2 * 2 * time_dim * time_dim  # its two Linear layers
+    return convs + projections + time_mlp
 
 
 def train_step_flops(work: Workload, backbone_parameters: int) -> dict[str, int]:
