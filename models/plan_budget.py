@@ -4,8 +4,8 @@ large enough for its target.
 
 The FLOP count is from shapes (multiply-adds x 2), part by part: the backbone's weights on
 every token of every distinct row, its SSD scan, the denoiser on the drawn tokens and the mean
-head. Forward counts once, backward twice, a checkpointed piece's recomputed forward once
-more. Step time = each part's FLOPs / that part's throughput (FLOP/s) as measured on the
+head. Forward counts once, backward twice (once where a layer's input needs no gradient), a
+checkpointed piece's recomputed forward once more. Step time = each part's FLOPs / that part's throughput (FLOP/s) as measured on the
 calibration host: the parts run at very different rates on a CPU (the backbone's big matmuls
 near the machine's peak, the denoiser's narrow convolutions far below it), so one rate for
 the step would be off by the mix. No IO here.
@@ -17,7 +17,7 @@ import itertools
 from dataclasses import dataclass
 
 from models.config import RPGConfig
-from models.plan import Workload
+from models.plan import Workload, denoiser_flops
 
 __all__ = [
     "CPU_THROUGHPUT",
@@ -35,7 +35,8 @@ class Throughput:
     """FLOP/s of each part of a training step on one machine, and where that was measured."""
 
     backbone: float
-    denoiser: float
+    unet: float  # the U-Net denoiser (narrow convolutions)
+    mlp: float  # the mlp denoiser (matrix products)
     other: float  # mean head, embeddings
     overhead_s: float  # per step: optimizer, EMA, batch gathering, Python
     source: str
@@ -45,7 +46,8 @@ class Throughput:
 # docs/benchmarks/real-size.md "Calibration" has the command and the measured parts.
 CPU_THROUGHPUT = Throughput(
     backbone=40e9,
-    denoiser=8e9,
+    unet=8e9,
+    mlp=40e9,
     other=40e9,
     overhead_s=0.05,
     source="calibrated on the project's 2-core CPU host",
@@ -67,9 +69,14 @@ def _scan_flops_per_token(config: RPGConfig) -> int:
 
 
 def denoiser_token_flops(config: RPGConfig, cond_dim: int) -> int:
-    """Forward FLOPs of the U-Net denoiser on one token, as ``ConvUNetDenoiser.forward`` runs
-    it: its convolutions, the time MLP, and per layer the time and the condition projection
-    to ``token_size`` values (a shared condition projection is applied at every layer too)."""
+    """Forward FLOPs of the denoiser on one training token. mlp: its token path, prototype
+    terms and time terms (``models.plan.denoiser_flops``). U-Net, as
+    ``ConvUNetDenoiser.forward`` runs it: its convolutions, the time MLP, and per layer the
+    time and the condition projection to ``token_size`` values (a shared condition
+    projection is applied at every layer too)."""
+    if config.denoiser.kind == "mlp":
+        # in training every token has its own prototype and time: all three terms per token
+        return sum(denoiser_flops(config))
     channels, T = config.denoiser.channels, config.token_size
     kernel, time_dim = config.denoiser.kernel_size, config.denoiser.time_dim
     convs = sum(2 * c_in * c_out * kernel * T for c_in, c_out in itertools.pairwise(channels))
@@ -77,6 +84,19 @@ def denoiser_token_flops(config: RPGConfig, cond_dim: int) -> int:
     projections = 2 * T * (time_dim + cond_dim) * layers
     time_mlp = 2 * 2 * time_dim * time_dim  # its two Linear layers
     return convs + projections + time_mlp
+
+
+def _no_input_grad_flops(config: RPGConfig, d_out: int) -> int:
+    """Per token, the forward FLOPs of the mlp denoiser's layers whose input needs no gradient
+    (their backward computes the weights' gradient only): the noisy token's projection, the
+    time MLP's first layer and, with a mean head (the denoiser reads detached prototypes),
+    the prototype terms. 0 for the U-Net (a few percent there)."""
+    if config.denoiser.kind != "mlp":
+        return 0
+    den = config.denoiser
+    modulations = 2 * (den.depth + 1) * den.width
+    prototype_terms = 2 * d_out * (den.width + modulations) if config.mean_head else 0
+    return 2 * config.token_size * den.width + 2 * den.time_dim * den.width + prototype_terms
 
 
 def train_step_flops(work: Workload, backbone_parameters: int) -> dict[str, int]:
@@ -89,18 +109,21 @@ def train_step_flops(work: Workload, backbone_parameters: int) -> dict[str, int]
     scan = _scan_flops_per_token(config) if config.backbone.kind == "mamba" else 0
     per_token = 2 * backbone_parameters + config.backbone.num_layers * scan
     backbone = factor * passes * work.rows * L * per_token
-    denoiser = 3 * work.diffusion_batch * denoiser_token_flops(config, d_out)
+    denoiser = work.diffusion_batch * (
+        3 * denoiser_token_flops(config, d_out) - _no_input_grad_flops(config, d_out)
+    )
     other = 6 * work.diffusion_batch * d_out * config.token_size if config.mean_head else 0
     parts = {"backbone": backbone, "denoiser": denoiser, "other": other}
     parts["total"] = sum(parts.values())
     return parts
 
 
-def step_seconds(flops: dict[str, int], rate: Throughput) -> float:
-    """Predicted seconds of one training step at ``rate``."""
+def step_seconds(flops: dict[str, int], rate: Throughput, config: RPGConfig) -> float:
+    """Predicted seconds of one training step of ``config`` at ``rate``."""
+    denoiser_rate = rate.mlp if config.denoiser.kind == "mlp" else rate.unet
     return (
         flops["backbone"] / rate.backbone
-        + flops["denoiser"] / rate.denoiser
+        + flops["denoiser"] / denoiser_rate
         + flops["other"] / rate.other
         + rate.overhead_s
     )

@@ -124,7 +124,7 @@ def make_plan(
     flops = train_step_flops(work, backbone_parameters)
     # Throughput is calibrated on the CPU host only; a GPU's step time is not predicted.
     rate = CPU_THROUGHPUT if work.device_type == "cpu" else None
-    step_s = None if rate is None else step_seconds(flops, rate)
+    step_s = None if rate is None else step_seconds(flops, rate, config)
     total_steps = options.steps or recipe.steps
     cap = capacity(config, parameters, probe.num_parameters, L)
     plan: dict[str, Any] = {

@@ -141,3 +141,22 @@ def test_bench_step_time_measures_the_parts_the_plan_counts(
     assert parts["backbone_flops_per_s"] == pytest.approx(
         report["predicted"]["flops_per_step"]["backbone"] / parts["backbone_s"]
     )
+
+
+def test_mlp_denoiser_training_flops_are_what_pytorch_counts() -> None:
+    """In training every token has its own time and prototype: the mlp's token path, prototype
+    terms and time terms all run per token."""
+    config = RPGConfig(
+        token_size=64,
+        mean_head=True,
+        backbone=BackboneConfig(d_model=64, options={"d_state": 16}),
+        denoiser=DenoiserConfig(kind="mlp", width=32, depth=2, mlp_ratio=2),
+    )
+    positions = torch.stack([torch.zeros(10, dtype=torch.long), torch.arange(10)], 1)
+    model = RPGModel(config, positions)
+    planned = train_step_flops(_workload(config, 10), 1)["denoiser"]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        x, cond, t = torch.randn(24, 64), torch.randn(24, 64), torch.rand(24) * 1000
+        model.denoiser(x, t, cond).square().mean().backward()
+    assert planned == pytest.approx(counter.get_total_flops(), rel=0.02)
