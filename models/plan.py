@@ -107,6 +107,9 @@ def official_parameter_count(preset: Preset) -> int:
 # (glibc keeps the freed temporaries of one piece mapped while the next piece runs).
 RUNTIME_BYTES = 230 * 2**20
 ALLOCATOR_FACTOR = 7.5
+# The same ratio for a backbone run whole (no pieces): one pass's temporaries, nothing kept
+# across pieces. Calibrated on the compact preset's step (docs/benchmarks/real-size.md).
+WHOLE_PASS_ALLOCATOR_FACTOR = 3.0
 CUDA_ALLOCATOR_FACTOR = 1.3  # an assumption, not yet measured (no GPU in this project's CI)
 FLOAT = 4  # bytes: training and float32 sampling
 
@@ -184,7 +187,8 @@ def train_memory(work: Workload, parameters: int) -> dict[str, int]:
     pass_tokens = work.rows * (work.checkpoint_chunk or L)
     # On CUDA (not measured here yet): bf16 activations, PyTorch's caching allocator.
     on_cpu = work.device_type == "cpu"
-    factor = ALLOCATOR_FACTOR if on_cpu else CUDA_ALLOCATOR_FACTOR
+    factor = ALLOCATOR_FACTOR if work.checkpoint_chunk else WHOLE_PASS_ALLOCATOR_FACTOR
+    factor = factor if on_cpu else CUDA_ALLOCATOR_FACTOR
     act = FLOAT if on_cpu else FLOAT // 2
     backbone = pass_tokens * _backbone_token_floats(config) * act * factor
     if work.checkpoint_chunk is None:  # inputs and prototypes of the whole batch, and grads
