@@ -160,3 +160,9 @@ def test_mlp_denoiser_training_flops_are_what_pytorch_counts() -> None:
         x, cond, t = torch.randn(24, 64), torch.randn(24, 64), torch.rand(24) * 1000
         model.denoiser(x, t, cond).square().mean().backward()
     assert planned == pytest.approx(counter.get_total_flops(), rel=0.02)
+
+
+def test_plan_of_an_adapter_zoo(tiny_adapter_zoo: Path) -> None:
+    """`rpg train` plans every zoo it trains on: adapter zoos too."""
+    plan = make_plan(tiny_adapter_zoo)
+    assert plan["device"]["train_fits"] and plan["train"]["step_seconds"] > 0
