@@ -42,15 +42,18 @@ class Throughput:
     source: str
 
 
-# Calibrated on this project's CPU host (2 shared cores, torch with 2 threads, float32):
-# docs/benchmarks/real-size.md "Calibration" has the command and the measured parts.
+# Measured on this project's CPU host with one torch thread while the other core ran other
+# jobs (`OMP_NUM_THREADS=1 rpg bench step-time Z`, the compact preset's parts on the
+# digits-resnet18-small zoo; the U-Net from its (1, 8, 16, 8, 1) widths at token size 2048):
+# docs/benchmarks/real-size.md "Calibration". ``overhead_s`` is an estimate (AdamW and EMA
+# over ~10M weights), not measured apart.
 CPU_THROUGHPUT = Throughput(
-    backbone=40e9,
-    unet=8e9,
-    mlp=40e9,
-    other=40e9,
+    backbone=31e9,
+    unet=12.5e9,
+    mlp=35e9,
+    other=35e9,
     overhead_s=0.05,
-    source="calibrated on the project's 2-core CPU host",
+    source="measured on the project's 2-core CPU host, one thread",
 )
 
 # Below this ratio of generator to target parameters the generator has fewer weights than the
