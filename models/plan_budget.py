@@ -44,12 +44,12 @@ class Throughput:
 
 # Measured on this project's CPU host with one torch thread while the other core ran other
 # jobs (`OMP_NUM_THREADS=1 rpg bench step-time Z`, the compact preset's parts on the
-# digits-resnet18-small zoo; the U-Net from its (1, 8, 16, 8, 1) widths at token size 2048):
+# digits-resnet18-small zoo, and with `--denoiser unet` for the U-Net (widths 1, 8, 16, 8, 1)):
 # docs/benchmarks/real-size.md "Calibration". ``overhead_s`` is an estimate (AdamW and EMA
 # over ~10M weights), not measured apart.
 CPU_THROUGHPUT = Throughput(
     backbone=31e9,
-    unet=12.5e9,
+    unet=7.1e9,
     mlp=35e9,
     other=35e9,
     overhead_s=0.05,

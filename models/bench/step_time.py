@@ -84,7 +84,8 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def measure_run(zoo: Path, plan: dict[str, Any], steps: int, out: Path) -> dict[str, float]:
     """Seconds per step (from the run's own timer) and peak RSS of ``rpg train``."""
     cmd = [sys.executable, "-m", "service.cli", "train", str(zoo), "--out", str(out)]
-    cmd += ["--preset", plan["preset"], "--steps", str(steps), "--save-every", "0"]
+    cmd += ["--preset", plan["preset"], "--denoiser", plan["denoiser"]]
+    cmd += ["--steps", str(steps), "--save-every", "0"]
     cmd += ["--no-progress"]
     started = time.perf_counter()
     done = subprocess.run(
@@ -103,7 +104,7 @@ def measure_run(zoo: Path, plan: dict[str, Any], steps: int, out: Path) -> dict[
 def _cmd(args: argparse.Namespace) -> int:
     from models.cli.plan import make_plan
 
-    plan = make_plan(args.zoo, preset=args.preset)
+    plan = make_plan(args.zoo, preset=args.preset, denoiser=args.denoiser)
     report: dict[str, Any] = {
         "zoo": str(args.zoo),
         "preset": plan["preset"],
@@ -142,6 +143,7 @@ def register_step_time(sub: Any) -> None:
     )
     p.add_argument("zoo", type=Path, help="zoo directory")
     p.add_argument("--preset", help="default: the one rpg plan picks")
+    p.add_argument("--denoiser", choices=["unet", "mlp"], help="default: the preset's")
     p.add_argument("--steps", type=int, default=0, help="also run rpg train for N steps")
     p.add_argument("--json", type=Path, help="also write the report here")
     p.set_defaults(func=_cmd)
