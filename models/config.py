@@ -270,6 +270,24 @@ PRESETS: dict[str, Preset] = {
             ),
         ),
     ),
+    # Ours, for targets of 50K-2M parameters on a CPU (docs/benchmarks/real-size.md): the
+    # paper's small row is a 225M-parameter generator for a 1M-parameter ResNet, 42 GiB to train
+    # at batch 4. Tokens of 2048 values (627 per digits ResNet), a 768-wide backbone, the mean
+    # head (regression for each token's mean, the denoiser for the rest) and the mlp denoiser
+    # with rectified flow (the U-Net, narrow, with --denoiser unet).
+    "compact": Preset(
+        name="compact", d_model=768, d_state=32, token_size=2048, channels=(1, 8, 16, 8, 1),
+        sampler="dpm-solver++", sampler_steps=8,
+        training=Recipe(lr=1e-3, batch_size=8, diffusion_batch=512, steps=1000, mean_head=True),
+        max_params=2_000_000, cond_projection="shared", ema_decay=0.995,
+        denoiser="mlp",
+        mlp=MLPRecipe(
+            width=256, depth=3, mlp_ratio=2,
+            training=Recipe(
+                lr=1e-3, batch_size=8, diffusion_batch=512, steps=1000, mean_head=True
+            ),
+        ),
+    ),
     "small": Preset(
         name="small", d_model=4096, d_state=128, token_size=4096, channels=_PAPER_UNET,
         sampler="ddpm", sampler_steps=1000,

@@ -107,6 +107,9 @@ def official_parameter_count(preset: Preset) -> int:
 # (glibc keeps the freed temporaries of one piece mapped while the next piece runs).
 RUNTIME_BYTES = 230 * 2**20
 ALLOCATOR_FACTOR = 7.5
+# The same ratio for a backbone run whole (no pieces): one pass's temporaries, nothing kept
+# across pieces. Calibrated on the compact preset's step (docs/benchmarks/real-size.md).
+WHOLE_PASS_ALLOCATOR_FACTOR = 3.0
 CUDA_ALLOCATOR_FACTOR = 1.3  # an assumption, not yet measured (no GPU in this project's CI)
 FLOAT = 4  # bytes: training and float32 sampling
 
@@ -127,6 +130,14 @@ class Workload:
     sample_steps: int
     sample_chunk: int = 1024  # tokens per denoiser call when sampling
     device_type: str = "cpu"  # "cuda": bf16 autocast, the caching allocator, no unfolded convs
+    # Rows a pass runs through the backbone: one per distinct (permutation id, condition) of the
+    # micro-batch (RPGModel runs shared rows once). None: micro_batch (every row distinct).
+    backbone_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Backbone rows per pass (at most the micro-batch)."""
+        return min(self.micro_batch, self.backbone_rows or self.micro_batch)
 
 
 def _mamba_token_floats(config: RPGConfig) -> int:
@@ -173,14 +184,15 @@ def train_memory(work: Workload, parameters: int) -> dict[str, int]:
     """Predicted peak memory of a training step, by part (bytes; "peak_bytes" the total)."""
     config, L, T = work.config, work.num_tokens, work.config.token_size
     d = config.backbone.d_model
-    pass_tokens = work.micro_batch * (work.checkpoint_chunk or L)
+    pass_tokens = work.rows * (work.checkpoint_chunk or L)
     # On CUDA (not measured here yet): bf16 activations, PyTorch's caching allocator.
     on_cpu = work.device_type == "cpu"
-    factor = ALLOCATOR_FACTOR if on_cpu else CUDA_ALLOCATOR_FACTOR
+    factor = ALLOCATOR_FACTOR if work.checkpoint_chunk else WHOLE_PASS_ALLOCATOR_FACTOR
+    factor = factor if on_cpu else CUDA_ALLOCATOR_FACTOR
     act = FLOAT if on_cpu else FLOAT // 2
     backbone = pass_tokens * _backbone_token_floats(config) * act * factor
     if work.checkpoint_chunk is None:  # inputs and prototypes of the whole batch, and grads
-        backbone += 4 * work.micro_batch * L * d * FLOAT
+        backbone += 4 * work.rows * L * d * FLOAT
     # the position table and its float64 construction, per sequence position
     backbone += 4 * L * d * FLOAT
     denoiser = work.diffusion_batch * _denoiser_token_floats(config, work.device_type) * act

@@ -204,16 +204,9 @@ class RPGModel(nn.Module):
                 generator,
                 x0.device,
             )
-        if checkpoint_chunk is not None:
-            flat_index = torch.arange(x0.shape[0], device=x0.device) if idx is None else idx
-            cond = self.selected_prototypes(
-                permutation_ids, condition, flat_index, checkpoint_chunk
-            )  # (n, D)
-        else:
-            proto = self.prototypes(permutation_ids, condition)  # (B, L, D)
-            cond = proto.reshape(-1, proto.shape[-1])  # (B*L, D)
-            if idx is not None:
-                cond = cond[idx]
+        cond = self._training_prototypes(
+            permutation_ids, condition, idx, x0.shape[0], checkpoint_chunk
+        )  # (n, D)
         if idx is not None:
             x0 = x0[idx]
         objective = self.config.diffusion.objective
@@ -240,6 +233,40 @@ class RPGModel(nn.Module):
         return regression + objective_loss(
             objective, self.denoiser, self.schedule, residual, cond.detach(), generator=generator
         )
+
+    def _training_prototypes(
+        self,
+        permutation_ids: Tensor,
+        condition: Tensor | None,
+        idx: Tensor | None,
+        num_rows: int,
+        checkpoint_chunk: int | None,
+    ) -> Tensor:
+        """Prototypes of the drawn tokens ``idx`` (indices into B*L; None: all ``num_rows``).
+
+        The backbone's input depends on a checkpoint only through its (permutation id,
+        condition), so rows of the batch that share both get the same prototypes: the
+        backbone runs once per distinct pair (``distinct_rows``) and each drawn token reads
+        its pair's row. The same loss and gradients (the shared rows' gradients add up), with
+        U / B of the backbone's work and activations, U distinct pairs in a batch of B (a zoo
+        of one training run: one backbone pass per step whatever the batch).
+        """
+        length = self.num_tokens
+        flat_index = torch.arange(num_rows, device=permutation_ids.device) if idx is None else idx
+        ids, cond_rows, inverse = distinct_rows(permutation_ids, condition)
+        if ids.shape[0] < permutation_ids.shape[0]:
+            # token l of batch row b -> token l of its distinct row: (n,)
+            flat_index = inverse[flat_index // length] * length + flat_index % length
+            permutation_ids, condition = ids, cond_rows
+        elif idx is None and checkpoint_chunk is None:
+            flat_index = None  # type: ignore[assignment]
+        if checkpoint_chunk is not None:
+            return self.selected_prototypes(
+                permutation_ids, condition, flat_index, checkpoint_chunk
+            )  # (n, D)
+        proto = self.prototypes(permutation_ids, condition)  # (U, L, D)
+        flat = proto.reshape(-1, proto.shape[-1])  # (U*L, D)
+        return flat if flat_index is None else flat[flat_index]  # (n, D)
 
     @torch.inference_mode()
     def sample_tokens(
@@ -331,6 +358,28 @@ class RPGModel(nn.Module):
                 result = result.float() + self.mean_head(cond_chunk)  # residual + mean: (n, T)
             out[start:stop] = result[: stop - start].float()
         return out.reshape(noise.shape)  # (B, L, T)
+
+
+def distinct_rows(
+    permutation_ids: Tensor, condition: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The distinct (permutation id, condition) pairs of a batch, in first-seen order, and
+    each row's pair: (U,) ids, (U, C) conditions or None, (B,) inverse with
+    ``ids[inverse] == permutation_ids``."""
+    key = permutation_ids.unsqueeze(1).to(torch.float64)  # (B, 1)
+    if condition is not None:
+        key = torch.cat([key, condition.to(torch.float64)], dim=1)  # (B, 1 + C)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # (B,) into sorted distinct rows
+    # first-seen order, so a batch without repeats keeps its own order
+    order = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
+    order = order.scatter_reduce(
+        0, inverse, torch.arange(len(inverse), device=inverse.device), "amin"
+    )
+    first = order.sort().values  # (U,) batch row of each distinct pair
+    rank = torch.empty_like(order)
+    rank[order.argsort()] = torch.arange(len(order), device=order.device)
+    cond = None if condition is None else condition[first]
+    return permutation_ids[first], cond, rank[inverse]
 
 
 def draw_tokens(

@@ -20,6 +20,7 @@ import torch
 
 from models.bench.denoiser import register_denoiser_bench
 from models.bench.scale import register_scale
+from models.bench.step_time import register_step_time
 from models.sampler_names import SamplerName
 from models.zoo.build import DIGITS_ARCHITECTURES
 
@@ -63,6 +64,7 @@ def register(subparsers: Any) -> None:
     )
     register_scale(sub)  # rpg bench scale (models/bench/scale.py)
     register_denoiser_bench(sub)  # rpg bench denoiser (models/bench/denoiser.py)
+    register_step_time(sub)  # rpg bench step-time (models/bench/step_time.py)
 
     speed.add_argument("--work", type=Path, default=Path("data/bench/speed"))
     speed.add_argument("--steps", type=int, default=100)

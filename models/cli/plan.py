@@ -12,11 +12,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["make_plan", "register"]
+if TYPE_CHECKING:
+    from models.training.options import TrainConfig
+
+__all__ = ["DEFAULT_TIME_BUDGET_S", "make_plan", "register"]
 
 GIB = 2**30
+DEFAULT_TIME_BUDGET_S = 3600.0  # one hour: the budget a plain `rpg train` is sized for
 
 
 def _device_memory(device: str) -> tuple[str, int | None]:
@@ -43,47 +47,71 @@ def make_plan(
     checkpoint_chunk: int | None = None,
     device: str = "cpu",
     device_memory: int | None = None,
+    options: TrainConfig | None = None,
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S,
 ) -> dict[str, Any]:
-    """The plan as a JSON-safe dict (``rpg plan --json``)."""
+    """The plan as a JSON-safe dict (``rpg plan --json``).
+
+    ``options``: the run's full options (what ``rpg train`` passes); otherwise the keyword
+    arguments above on the defaults.
+    """
 
     from models.backbones import backbone_from_config
     from models.config import PRESETS
     from models.plan import Workload, count_parameters, sample_flops, sample_memory, train_memory
+    from models.plan_budget import CPU_THROUGHPUT, capacity, step_seconds, train_step_flops
     from models.tokenizer import ParameterTokenizer
-    from models.training.data import DEFAULT_RESIDENT_BYTES
-    from models.training.options import TrainConfig, build_model_config, checkpoint_chunk_for
+    from models.training.options import (
+        TrainConfig,
+        build_model_config,
+        checkpoint_chunk_for,
+        default_diffusion_batch,
+        distinct_pairs,
+        permutation_ids,
+        zoo_conditions,
+    )
     from models.zoo.store import load_zoo
 
+    if options is None:
+        options = TrainConfig(
+            preset=preset,
+            batch_size=batch_size,
+            micro_batch=micro_batch,
+            checkpoint_chunk=checkpoint_chunk,
+            denoiser=denoiser,  # type: ignore[arg-type]  # argparse choices
+            objective=objective,  # type: ignore[arg-type]
+        )
     zoo = load_zoo(zoo_path).training_zoo()
     first = zoo.read(zoo.files()[0])
     probe = ParameterTokenizer.fit([first], token_size=1)
-    options = TrainConfig(
-        preset=preset,
-        batch_size=batch_size,
-        denoiser=denoiser,  # type: ignore[arg-type]  # argparse choices
-        objective=objective,  # type: ignore[arg-type]
-    )
-    config, preset_name = build_model_config(zoo, probe.num_parameters, options, 1)
+    ids, num_states = permutation_ids(zoo, options.permutation_states)
+    config, preset_name = build_model_config(zoo, probe.num_parameters, options, num_states)
     chosen = PRESETS[preset_name]
     recipe = chosen.recipe(config.condition_dim > 0, config.denoiser.kind)
     sampler, sampler_steps = chosen.sampling(config.diffusion.objective)
-    tokenizer = ParameterTokenizer.fit([first], token_size=config.token_size)
+    tokenizer = ParameterTokenizer.fit(
+        [first], token_size=config.token_size, granularity=options.granularity
+    )
     L, T, N = tokenizer.num_tokens, config.token_size, len(zoo)
-    batch = min(batch_size or recipe.batch_size, N)
-    micro = min(micro_batch or batch, batch)
+    batch = min(options.batch_size or recipe.batch_size, N)
+    micro = min(options.micro_batch or batch, batch)
+    rows = min(micro, distinct_pairs(ids, zoo_conditions(zoo)))
     steps = config.diffusion.num_timesteps if sampler == "ddpm" else sampler_steps
+    ema_decay = chosen.ema_decay if options.ema_decay is None else options.ema_decay
     work = Workload(
         num_checkpoints=N,
         num_tokens=L,
         config=config,
         batch_size=batch,
         micro_batch=micro,
-        diffusion_batch=recipe.diffusion_batch,
-        checkpoint_chunk=checkpoint_chunk_for(checkpoint_chunk, micro, L),
-        ema=chosen.ema_decay is not None,
-        resident=N * L * T * 4 <= DEFAULT_RESIDENT_BYTES,
+        diffusion_batch=options.diffusion_batch
+        or default_diffusion_batch(recipe.diffusion_batch, batch, L),
+        checkpoint_chunk=checkpoint_chunk_for(options.checkpoint_chunk, rows, L),
+        ema=bool(ema_decay),
+        resident=options.resident_bytes >= N * L * T * 4,
         sample_steps=steps,
         device_type="cuda" if device.startswith("cuda") else "cpu",
+        backbone_rows=rows,
     )
     import torch
 
@@ -93,6 +121,12 @@ def make_plan(
     backbone_parameters = sum(p.numel() for p in backbone.parameters())
     train = train_memory(work, parameters)
     sample = sample_memory(work, parameters)
+    flops = train_step_flops(work, backbone_parameters)
+    # Throughput is calibrated on the CPU host only; a GPU's step time is not predicted.
+    rate = CPU_THROUGHPUT if work.device_type == "cpu" else None
+    step_s = None if rate is None else step_seconds(flops, rate, config)
+    total_steps = options.steps or recipe.steps
+    cap = capacity(config, parameters, probe.num_parameters, L)
     plan: dict[str, Any] = {
         "zoo": {
             "path": str(zoo_path),
@@ -102,14 +136,29 @@ def make_plan(
         "preset": preset_name,
         "denoiser": config.denoiser.kind,
         "objective": config.diffusion.objective,
+        "config": config.to_dict(),
         "generator_parameters": parameters,
+        "capacity": {
+            "ratio": cap.ratio,
+            "head_rank": cap.head_rank,
+            "needed_rank": cap.needed_rank,
+            "short": cap.short,
+        },
         "tokens": {"num_tokens": L, "token_size": T},
         "train": {
             **train,
             "batch_size": batch,
             "micro_batch": micro,
+            "backbone_rows": rows,
+            "diffusion_batch": work.diffusion_batch,
             "checkpoint_chunk": work.checkpoint_chunk,
             "zoo_resident": work.resident,
+            "steps": total_steps,
+            "flops_per_step": flops,
+            "step_seconds": step_s,
+            "seconds": None if step_s is None else step_s * total_steps,
+            "throughput": None if rate is None else rate.source,
+            "time_budget_seconds": time_budget_s,
         },
         "sample": {
             **sample,
@@ -125,29 +174,73 @@ def make_plan(
         plan["device"]["train_fits"] = train["peak_bytes"] <= memory
         plan["device"]["sample_fits"] = sample["peak_bytes"] <= memory
         plan["advice"] = _advice(plan, memory)
+    plan["warnings"] = _warnings(plan)
     return plan
 
 
 def _advice(plan: dict[str, Any], memory: int) -> list[str]:
     """What to change when the predicted peaks exceed the device's memory."""
+    from models.config import PRESETS
+
     advice: list[str] = []
     train = plan["train"]
     if train["peak_bytes"] > memory:
-        if train["micro_batch"] > 1:
+        if train["backbone_rows"] > 1:
             advice.append(
                 f"try --micro-batch {max(1, train['micro_batch'] // 2)}: accumulate gradients over "
                 "smaller passes (same batch, less activation memory)"
             )
-        chunk = train["checkpoint_chunk"]
-        advice.append(
-            f"try --checkpoint-chunk {max(64, (chunk or 4096) // 2)}: shorter backbone pieces"
-        )
+        length = train["checkpoint_chunk"] or plan["tokens"]["num_tokens"]
+        if length > 64:
+            advice.append(
+                f"try --checkpoint-chunk {max(64, length // 2 // 64 * 64)}: shorter backbone pieces"
+            )
         if train["ema_bytes"]:
             advice.append("try --ema-decay 0: no averaged copy of the weights")
-        advice.append("try a smaller --preset or --token-size: fewer generator parameters")
+        names = list(PRESETS)
+        smaller = names[: names.index(plan["preset"])]
+        if smaller:
+            advice.append(f"try --preset {smaller[-1]}: a smaller generator")
+        advice.append("try a smaller --token-size: fewer generator parameters")
     if plan["sample"]["peak_bytes"] > memory:
         advice.append("sampling does not fit: use a smaller preset or a device with more memory")
     return advice
+
+
+def duration(seconds: float) -> str:
+    """``95 s``, ``12.5 min`` or ``3.2 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _warnings(plan: dict[str, Any]) -> list[str]:
+    """Plain warnings: capacity, memory or time short, each with what to change."""
+    out: list[str] = []
+    cap, train, device = plan["capacity"], plan["train"], plan["device"]
+    if cap["short"]:
+        out.append(
+            f"capacity is short: {plan['generator_parameters']:,} generator parameters for a "
+            f"{plan['zoo']['num_parameters']:,}-parameter target ({cap['ratio']:.2f}x), "
+            f"prototype rank {cap['head_rank']} for {cap['needed_rank']} needed; choose a "
+            "larger --preset (or a smaller --token-size)"
+        )
+    if device.get("train_fits") is False:
+        out.append(
+            f"memory is short: training needs {_gib(train['peak_bytes'])}, "
+            f"{device['name']} has {_gib(device['memory_bytes'])}"
+        )
+    seconds, budget = train["seconds"], train["time_budget_seconds"]
+    if seconds is not None and seconds > budget:
+        fit = int(budget // train["step_seconds"])
+        out.append(
+            f"time is short: {train['steps']:,} steps x {train['step_seconds']:.2f} s = "
+            f"{duration(seconds)}, over the {duration(budget)} budget; --steps {fit:,} "
+            "fits, or train in parts (--save-every, then --resume)"
+        )
+    return out
 
 
 def _gib(n: int) -> str:
@@ -164,7 +257,10 @@ def _print(plan: dict[str, Any]) -> None:
         f"preset:     {plan['preset']}  ({plan['tokens']['num_tokens']:,} tokens of "
         f"{plan['tokens']['token_size']}; {plan['denoiser']} denoiser, {plan['objective']} "
         "objective)",
-        f"generator:  {plan['generator_parameters']:,} parameters",
+        f"generator:  {plan['generator_parameters']:,} parameters, "
+        f"{plan['capacity']['ratio']:.1f}x the target's; prototype rank "
+        f"{plan['capacity']['head_rank']} for min(tokens, token size) = "
+        f"{plan['capacity']['needed_rank']}",
         f"training:   peak {_gib(train['peak_bytes'])} at batch {train['batch_size']} "
         f"(micro-batch {train['micro_batch']}, {pieces})",
     ]
@@ -178,6 +274,17 @@ def _print(plan: dict[str, Any]) -> None:
         "activation_bytes",
     ):
         lines.append(f"  {key.removesuffix('_bytes'):<12}{_gib(train[key])}")
+    if train["step_seconds"] is None:
+        lines.append(
+            f"time:       {train['steps']:,} steps; step time not predicted on this device"
+        )
+    else:
+        lines.append(
+            f"time:       {train['steps']:,} steps x {train['step_seconds']:.2f} s = "
+            f"{duration(train['seconds'])} predicted "
+            f"({train['flops_per_step']['total'] / 1e9:.0f} GFLOP per step; throughput "
+            f"{train['throughput']})"
+        )
     lines.append(
         f"sampling:   peak {_gib(sample['peak_bytes'])} per model, "
         f"{sample['flops_per_model'] / 1e12:.3f} TFLOP per model "
@@ -190,6 +297,7 @@ def _print(plan: dict[str, Any]) -> None:
         verdict = "fits" if device["train_fits"] and device["sample_fits"] else "does NOT fit"
         lines.append(f"device:     {device['name']}, {_gib(memory)}: {verdict}")
         lines.extend(f"  - {a}" for a in plan.get("advice", []))
+    lines.extend(f"warning:    {w}" for w in plan["warnings"])
     print("\n".join(lines))
 
 
@@ -207,6 +315,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             checkpoint_chunk=args.checkpoint_chunk,
             device=args.device,
             device_memory=None if args.device_memory is None else int(args.device_memory * GIB),
+            time_budget_s=args.time_budget * 60,
         )
     except (ZooError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -225,10 +334,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser(
         "plan",
-        help="size a generator for a zoo before training: parameters, memory, FLOPs",
-        description="Print the generator's parameter count, the training step's peak memory "
-        "(weights, gradients, optimizer, EMA, zoo, batch, activations), sampling memory and "
-        "FLOPs per generated model, and whether they fit the device.",
+        help="size a generator for a zoo before training: parameters, memory, time, FLOPs",
+        description="Print the generator's parameter count against the target's (capacity), "
+        "the training step's peak memory (weights, gradients, optimizer, EMA, zoo, batch, "
+        "activations), the predicted training time (FLOPs per step at a throughput calibrated "
+        "on the project's CPU host), sampling memory and FLOPs per generated model, whether "
+        "they fit the device, and warnings with what to change when capacity, memory or the "
+        "time budget is short.",
     )
     p.add_argument("zoo", type=Path, help="zoo directory")
     p.add_argument("--preset", choices=sorted(PRESETS), help="default: by parameter count")
@@ -243,5 +355,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--checkpoint-chunk", type=int, help="tokens per backbone piece (0: off)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--device-memory", type=float, metavar="GIB", help="override its memory")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=DEFAULT_TIME_BUDGET_S / 60,
+        metavar="MIN",
+        help="warn when the predicted training time exceeds this (default: 60 minutes)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd_plan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,18 @@ def register(subparsers: Any) -> None:
         help="tokens per activation-checkpointed backbone piece (default: automatic for long "
         "sequences, over 4096 tokens per pass; 0: off)",
     )
+    train.add_argument(
+        "--ignore-plan",
+        action="store_true",
+        help="train even when `rpg plan` predicts that training does not fit the device's "
+        "memory (by default such a run is refused before anything is built or written)",
+    )
+    train.add_argument(
+        "--device-memory",
+        type=float,
+        metavar="GIB",
+        help="the memory the plan may count on (default: the device's; less on a shared machine)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -145,6 +158,8 @@ def _train(args: argparse.Namespace) -> int:
     from models.bundle import read_config
     from models.naming import describe_origin, name_origin
 
+    if not _plan_allows(args, options):
+        return 1
     result = train(args.zoo, args.out, options)
     print(
         f"trained {result.steps} steps in {result.seconds:.1f}s ({result.steps_per_second:.2f} steps/s); "
@@ -153,3 +168,46 @@ def _train(args: argparse.Namespace) -> int:
     config = read_config(Path(result.bundle))
     print(f"served as {config['name']!r}: {describe_origin(name_origin(config))}")
     return 0
+
+
+def _plan_allows(args: argparse.Namespace, options: Any) -> bool:
+    """Plan the run (`rpg plan`) before building anything: print its summary and warnings, and
+    refuse, with the plan's advice, a run whose training memory does not fit the device."""
+    from models.cli.plan import duration, make_plan
+    from models.training import pick_device
+    from models.zoo.store import ZooError
+
+    try:
+        device = pick_device(args.device)
+        limit = None if args.device_memory is None else int(args.device_memory * 2**30)
+        plan = make_plan(args.zoo, options=options, device=str(device), device_memory=limit)
+    except (ZooError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    train, memory = plan["train"], plan["device"]["memory_bytes"]
+    gib = 2**30
+    budget = "" if memory is None else f" of {memory / gib:.1f} GiB"
+    time = (
+        ""
+        if train["seconds"] is None
+        else f", about {duration(train['seconds'])} ({train['steps']:,} steps x "
+        f"{train['step_seconds']:.2f} s, predicted at a throughput {train['throughput']})"
+    )
+    print(
+        f"plan: preset {plan['preset']}, {plan['generator_parameters']:,} generator parameters "
+        f"({plan['capacity']['ratio']:.1f}x the target's), training peak "
+        f"{train['peak_bytes'] / gib:.1f} GiB{budget}{time}"
+    )
+    for warning in plan["warnings"]:
+        print(f"plan warning: {warning}", file=sys.stderr)
+    if plan["device"].get("train_fits", True) or args.ignore_plan:
+        return True
+    lines = [
+        f"error: refusing to train: the plan predicts {train['peak_bytes'] / gib:.1f} GiB at "
+        f"peak, over the {memory / gib:.1f} GiB of {plan['device']['name']}; nothing was "
+        "written. Change the run:",
+        *(f"  - {a}" for a in plan.get("advice", [])),
+        "(`rpg plan ZOO` shows the whole plan; --ignore-plan trains anyway)",
+    ]
+    print("\n".join(lines), file=sys.stderr)
+    return False

@@ -37,6 +37,7 @@ from models.training.options import (
     checkpoint_chunk_for,
     cosine_lr,
     default_diffusion_batch,
+    distinct_pairs,
     permutation_ids,
     pick_device,
     token_weights_for,
@@ -103,7 +104,9 @@ def _train(
         recipe.diffusion_batch, batch_size, tokenizer.num_tokens
     )
     micro = min(options.micro_batch or batch_size, batch_size)
-    chunk = checkpoint_chunk_for(options.checkpoint_chunk, micro, tokenizer.num_tokens)
+    # the backbone runs once per distinct (permutation id, condition) of a pass (RPGModel)
+    rows = min(micro, distinct_pairs(ids, conds))
+    chunk = checkpoint_chunk_for(options.checkpoint_chunk, rows, tokenizer.num_tokens)
     warmup = (
         options.warmup_steps
         if options.warmup_steps is not None

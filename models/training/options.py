@@ -167,6 +167,15 @@ def permutation_ids(zoo: Zoo, mode: str) -> tuple[list[int], int]:
     return [index[r] for r in runs], len(index)
 
 
+def distinct_pairs(ids: list[int], conditions: Tensor | None) -> int:
+    """Distinct (permutation id, condition) pairs of a zoo: the most rows a pass sends through
+    the backbone (RPGModel runs the rows that share both once)."""
+    if conditions is None:
+        return len(set(ids))
+    rows = conditions.tolist()
+    return len({(i, tuple(row)) for i, row in zip(ids, rows, strict=True)})
+
+
 def zoo_conditions(zoo: Zoo) -> Tensor | None:
     """(N, dim) condition per checkpoint for a conditional zoo, else None."""
     condition = zoo.condition or {"kind": "none"}
