@@ -119,10 +119,8 @@ def build_model_config(
     backbone_options: dict[str, Any] = {"d_state": d_state} if options.backbone == "mamba" else {}
     condition = zoo.condition or {"kind": "none"}
     conditional = condition.get("kind") == "vector"
-    # U-Net widths given without a kind mean the U-Net (they are its widths). Adapter zoos keep
-    # the U-Net until the mlp kind is measured on them (docs/explanation/denoisers.md).
-    unet_by_default = bool(options.channels) or zoo.is_adapter_zoo
-    kind = options.denoiser or ("unet" if unet_by_default else preset.denoiser)
+    # U-Net widths given without a kind mean the U-Net (they are its widths).
+    kind = options.denoiser or ("unet" if options.channels else preset.denoiser)
     recipe = preset.recipe(conditional, kind)
     denoiser = DenoiserConfig(
         kind=kind,
