@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plan": (
         "models.cli.plan",
-        "size a generator for a zoo before training: parameters, memory, FLOPs",
+        "size a generator for a zoo before training: parameters, memory, time, FLOPs",
     ),
     "bench": (
         "models.bench.cli",

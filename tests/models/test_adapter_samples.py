@@ -109,8 +109,11 @@ def test_peft_loads_every_tensor_and_changes_the_outputs(
         ),
         strict=True,
     )  # fmt: skip
+    # Float32 rounding of two summation orders, relative to the outputs' scale: a barely
+    # trained generator's adapter can push logits into the thousands.
+    scale = float(adapted.abs().max())
     with torch.no_grad():
-        torch.testing.assert_close(merged(x), adapted, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(merged(x), adapted, atol=1e-5 * max(scale, 1.0), rtol=1e-5)
 
 
 def test_evaluate_scores_generated_folders_beside_the_zoo_and_the_base(
