@@ -288,6 +288,23 @@ PRESETS: dict[str, Preset] = {
             ),
         ),
     ),
+    # Ours, for targets of 2M-20M parameters on a CPU (ResNet-18's 11.2M: docs/benchmarks/
+    # real-size.md "ResNet-18"): compact's backbone and mlp denoiser over tokens 8x longer, so
+    # that a ResNet-18 is ~800 tokens (the backbone's cost follows the token count) and the
+    # prototypes' rank (d_model + 1) still covers min(tokens, token size) for the mean head.
+    "medium": Preset(
+        name="medium", d_model=1024, d_state=32, token_size=16384, channels=(1, 8, 16, 8, 1),
+        sampler="dpm-solver++", sampler_steps=8,
+        training=Recipe(lr=1e-3, batch_size=8, diffusion_batch=256, steps=1000, mean_head=True),
+        max_params=20_000_000, cond_projection="shared", ema_decay=0.995,
+        denoiser="mlp",
+        mlp=MLPRecipe(
+            width=256, depth=3, mlp_ratio=2,
+            training=Recipe(
+                lr=1e-3, batch_size=8, diffusion_batch=256, steps=1000, mean_head=True
+            ),
+        ),
+    ),
     "small": Preset(
         name="small", d_model=4096, d_state=128, token_size=4096, channels=_PAPER_UNET,
         sampler="ddpm", sampler_steps=1000,

@@ -122,11 +122,41 @@ def test_train_refuses_a_run_that_does_not_fit_and_writes_nothing(
 
 
 def test_preset_by_target_size() -> None:
-    """Targets under 50K keep tiny; 50K-2M get compact (a CPU-sized generator); the paper's
-    rows above."""
+    """Targets under 50K keep tiny; 50K-2M get compact and 2M-20M medium (CPU-sized
+    generators); the paper's rows above (small only when asked for)."""
     assert [preset_for(n) for n in (9_610, 49_999)] == ["tiny", "tiny"]
     assert [preset_for(n) for n in (50_000, 1_097_390, 1_999_999)] == ["compact"] * 3
-    assert preset_for(2_000_000) == "small"
+    assert [preset_for(n) for n in (2_000_000, 11_182_410, 19_999_999)] == ["medium"] * 3
+    assert preset_for(20_000_000) == "base"
+
+
+def test_resnet18_plan_fits_this_machine_with_capacity(tmp_path: Path) -> None:
+    """A ResNet-18 zoo (11.2M parameters) gets the medium preset by default: it fits a 24 GiB
+    CPU, its prototypes' rank covers the tokens and its generator outnumbers the target,
+    which the compact preset's does not (only the shapes matter to a plan: zero weights)."""
+    from safetensors.torch import save_file
+
+    from models.zoo.build import DIGITS_ARCHITECTURES
+    from models.zoo.resnet import resnet18
+    from models.zoo.store import Zoo, ZooCheckpoint, save_zoo
+
+    architecture = DIGITS_ARCHITECTURES["digits-resnet18"]
+    with torch.device("meta"):
+        state = resnet18(**architecture["kwargs"]).state_dict()
+    tensors = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in state.items()}
+    save_file(tensors, tmp_path / "ckpt_0.safetensors")
+    checkpoint = ZooCheckpoint(file="ckpt_0.safetensors", accuracy=0.99)
+    save_zoo(Zoo(tmp_path, architecture, None, {"kind": "none"}, [checkpoint]))
+    plan = make_plan(tmp_path, device_memory=23 * 2**30)
+    assert plan["preset"] == "medium" and plan["zoo"]["num_parameters"] == 11_182_410
+    assert plan["device"]["train_fits"] and not plan["capacity"]["short"]
+    assert plan["capacity"]["head_rank"] >= plan["capacity"]["needed_rank"]
+    compact = make_plan(tmp_path, preset="compact", device_memory=23 * 2**30)
+    assert compact["capacity"]["short"]
+    # the backbone's work follows the token count: 8x longer tokens than compact's
+    assert (
+        plan["train"]["flops_per_step"]["total"] < compact["train"]["flops_per_step"]["total"] / 2
+    )
 
 
 def test_bench_step_time_measures_the_parts_the_plan_counts(

@@ -99,7 +99,7 @@ def test_cosine_schedule_shape() -> None:
 def test_presets_follow_the_paper_table() -> None:
     assert preset_for(9_610) == "tiny"
     assert preset_for(1_000_000) == "compact"
-    assert preset_for(3_000_000) == "small"
+    assert preset_for(3_000_000) == "medium"
     assert preset_for(20_000_000) == "base"
     assert preset_for(200_000_000) == "large"
     assert (PRESETS["tiny"].d_model, PRESETS["tiny"].d_state, PRESETS["tiny"].token_size) == (
