@@ -111,6 +111,13 @@ ALLOCATOR_FACTOR = 7.5
 # across pieces. Calibrated on the compact preset's step (docs/benchmarks/real-size.md).
 WHOLE_PASS_ALLOCATOR_FACTOR = 3.0
 CUDA_ALLOCATOR_FACTOR = 1.3  # an assumption, not yet measured (no GPU in this project's CI)
+# Sampling on a CPU: the `rpg sample` process before the bundle (it imports more than `rpg
+# train` has at its first tensor), and the ratio of peak RSS to the live bytes of sampling's
+# temporaries (glibc keeps the freed ones mapped). Measured on this host with `rpg sample -n 1`
+# of tiny digits bundles (329-347 MiB) and of the ResNet-18 bundle (1.14 GiB):
+# docs/benchmarks/real-size.md "ResNet-18".
+SAMPLE_RUNTIME_BYTES = 300 * 2**20
+SAMPLE_ALLOCATOR_FACTOR = 1.75
 FLOAT = 4  # bytes: training and float32 sampling
 
 
@@ -219,15 +226,21 @@ def sample_memory(work: Workload, parameters: int) -> dict[str, int]:
     kernel = config.denoiser.kernel_size if work.device_type == "cpu" else 0
     widest = max(config.denoiser.channels) * (kernel + 2)
     backbone = L * (_backbone_token_floats(config) // config.backbone.num_layers) * FLOAT
-    parts = {
-        "runtime_bytes": RUNTIME_BYTES,
-        "weights_bytes": parameters * FLOAT,
+    cpu = work.device_type == "cpu"
+    factor = SAMPLE_ALLOCATOR_FACTOR if cpu else 1.0
+    # inference: one layer's input, output and unfolded input per token of a chunk
+    per_chunk_token = T * widest if config.denoiser.kind == "unet" else _mlp_token_floats(config)
+    temporaries = {
         "prototypes_bytes": L * d_out * FLOAT + backbone,
         "tokens_bytes": 3 * L * T * FLOAT,  # noise, output, decoded float64 per tensor
-        # inference: one layer's input, output and unfolded input per token of a chunk
-        "denoiser_bytes": min(work.sample_chunk, L) * T * widest * FLOAT
-        if config.denoiser.kind == "unet"
-        else min(work.sample_chunk, L) * _mlp_token_floats(config) * FLOAT,
+        "denoiser_bytes": min(work.sample_chunk, L) * per_chunk_token * FLOAT,
+    }
+    parts = {
+        "runtime_bytes": SAMPLE_RUNTIME_BYTES if cpu else RUNTIME_BYTES,
+        "weights_bytes": parameters * FLOAT,
+        # the bundle's tensors as read, alive while the module copies them in
+        "loading_bytes": parameters * FLOAT,
+        **{name: int(factor * size) for name, size in temporaries.items()},
     }
     parts["peak_bytes"] = sum(parts.values())
     return parts

@@ -39,6 +39,26 @@ def test_predicted_training_peak_is_within_30_percent_of_measured(
     assert 0.7 <= predicted / measured <= 1.3, (predicted, measured)
 
 
+def test_predicted_sampling_peak_is_within_30_percent_of_measured(
+    tiny_zoo: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """`rpg sample -n 1` as its own process against the plan's sampling peak for the same
+    zoo (at this size the process itself is most of it: the runtime constant is what's held)."""
+    cmd = [sys.executable, "-m", "service.cli", "sample", str(tiny_bundle), "--out"]
+    cmd += [str(tmp_path / "s"), "-n", "1", "--seed", "0"]
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    measured = int(out.stdout.split()[-1]) * 1024
+    sample = make_plan(tiny_zoo, preset="tiny")["sample"]
+    assert sample["loading_bytes"] == sample["weights_bytes"] > 0
+    assert 0.7 <= sample["peak_bytes"] / measured <= 1.3, (sample["peak_bytes"], measured)
+
+
 def test_plan_json_has_the_documented_keys(
     tiny_zoo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
