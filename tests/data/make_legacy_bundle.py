@@ -5,7 +5,10 @@ denoiser kinds and the flow objective existed: a U-Net, epsilon-prediction gener
 config.json has no `denoiser.kind` and no `diffusion.objective`. `test_legacy_bundle.py`
 checks that today's code still loads it and samples the same bits.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tests/data/make_legacy_bundle.py
+    OMP_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python tests/data/make_legacy_bundle.py
+
+It ran on an AVX2 CPU; the test samples with oneDNN capped at AVX2 so that the hashes hold on
+CPUs with AVX-512 too (their convolution kernels round differently).
 """
 
 from __future__ import annotations
